@@ -1,0 +1,283 @@
+"""Data sets as the reference sees them: each sample is a triple
+(image, fine_label_or_empty, model_label).
+
+Images are kept as decoded uint8 arrays (or, for Pins, file paths) and turned into
+normalised tensors one sample at a time, so no split ever decodes or resizes the whole data
+set up front, and a 224×224 ViT input exists only inside the batch being used. Labels are
+plain numpy arrays (``targets`` = model labels, ``fine`` = fine labels or None), so forget
+and retain splits are computed from them directly.
+"""
+import os
+import pickle
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from utils import UserError
+
+MEAN = (0.5071, 0.4865, 0.4409)
+STD = (0.2673, 0.2564, 0.2762)
+
+# Forget targets: command-line name -> label id (REFERENCE §2).
+CIFAR100_FORGET = {"rocket": 69, "mushroom": 51, "baby": 2, "lamp": 40, "sea": 71}
+CIFAR20_FORGET = {"vehicle2": 19, "veg": 4, "people": 14, "electrical_devices": 5, "natural_scenes": 10}
+
+
+class ImageTransform:
+    """uint8 HWC image -> float CHW tensor: optional augmentation, then the reference's
+    ToTensor, Normalize and Resize (bilinear, as torchvision's Resize on tensors).
+
+    ``augment=True`` adds the pretraining augmentation (RandomCrop(32, padding=4),
+    RandomHorizontalFlip, RandomRotation(15)); it acts on the uint8 image, as the reference's
+    PIL transforms do. A fresh instance is built for every data set.
+    """
+
+    def __init__(self, size=32, augment=False):
+        self.size = size
+        self.mean = torch.tensor(MEAN).view(3, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1)
+        self.augment = None
+        if augment:
+            from torchvision.transforms import v2
+
+            self.augment = v2.Compose([
+                v2.RandomCrop(32, padding=4),
+                v2.RandomHorizontalFlip(),
+                v2.RandomRotation(15),
+            ])
+
+    def __call__(self, img):
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        if self.augment is not None:
+            x = self.augment(x)
+        x = (x.float().div_(255) - self.mean) / self.std
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear",
+                              align_corners=False, antialias=True)[0]
+        return x
+
+
+_EMPTY = torch.tensor([])
+
+
+class ArrayImages(Dataset):
+    """Decoded uint8 images (N, H, W, 3) with model labels and optional fine labels."""
+
+    def __init__(self, images, targets, fine=None, transform=None, classes=None):
+        self.images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.fine = None if fine is None else np.asarray(fine, dtype=np.int64)
+        self.transform = transform
+        self.classes = classes
+
+    def __len__(self):
+        return len(self.targets)
+
+    def load(self, i):
+        return self.images[i]
+
+    def __getitem__(self, i):
+        x = self.transform(self.load(i))
+        fine = _EMPTY if self.fine is None else int(self.fine[i])
+        return x, fine, int(self.targets[i])
+
+
+class FileImages(ArrayImages):
+    """Images decoded from files on access (Pins: ~17k photos of varying size)."""
+
+    def __init__(self, paths, targets, transform=None, classes=None, side=32):
+        super().__init__(None, targets, None, transform, classes)
+        self.paths = list(paths)
+        self.side = side
+
+    def load(self, i):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            return np.asarray(im.convert("RGB").resize((self.side, self.side), Image.BILINEAR))
+
+
+def _missing(folder, files, what):
+    absent = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    if absent:
+        raise UserError(
+            f"{what} files not found: expected {', '.join(files)} in {folder} "
+            f"(torchvision's python-pickle format); missing {', '.join(absent)}"
+        )
+
+
+def _unpickle(path):
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except Exception as e:  # corrupt or truncated file
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def _cifar_images(d):
+    return d[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _load_cifar10(root, train):
+    folder = os.path.join(root, "cifar-10-batches-py")
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    _missing(folder, [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "CIFAR-10")
+    batches = [_unpickle(os.path.join(folder, n)) for n in names]
+    images = np.concatenate([_cifar_images(b) for b in batches])
+    labels = np.concatenate([np.asarray(b[b"labels"]) for b in batches])
+    return images, labels, None
+
+
+def _load_cifar100(root, train):
+    folder = os.path.join(root, "cifar-100-python")
+    _missing(folder, ["train", "test"], "CIFAR-100")
+    d = _unpickle(os.path.join(folder, "train" if train else "test"))
+    return _cifar_images(d), np.asarray(d[b"fine_labels"]), np.asarray(d[b"coarse_labels"])
+
+
+def _digits_split():
+    """scikit-learn's bundled 8×8 digits (values 0..16), upsampled once to 32×32 RGB uint8,
+    split 80/20 stratified with a fixed seed (the split never depends on -seed)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.from_numpy(d.images).float().div(16.0)[:, None]
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy()
+    idx_train, idx_test = train_test_split(
+        np.arange(len(d.target)), test_size=0.2, random_state=0, stratify=d.target
+    )
+    return x, d.target, idx_train, idx_test
+
+
+def _load_digits(train):
+    x, y, itr, ite = _digits_split()
+    idx = itr if train else ite
+    return x[idx], y[idx]
+
+
+def _pins_files(root):
+    folder = os.path.join(root, "105_classes_pins_dataset")
+    if not os.path.isdir(folder):
+        raise UserError(f"Pins data not found: expected an ImageFolder at {folder} (one sub-folder per person)")
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    paths, labels = [], []
+    exts = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+    for c, name in enumerate(classes):
+        sub = os.path.join(folder, name)
+        files = sorted(f for f in os.listdir(sub) if f.lower().endswith(exts))
+        paths += [os.path.join(sub, f) for f in files]
+        labels += [c] * len(files)
+    if not paths:
+        raise UserError(f"Pins data not found: no images under {folder}")
+    return np.array(paths), np.array(labels), classes
+
+
+def _load_pins(root, train):
+    """Pins has no official split: 80/20 per class with a fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    paths, labels, classes = _pins_files(root)
+    itr, ite = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=labels)
+    idx = itr if train else ite
+    return paths[idx], labels[idx], classes
+
+
+# name -> number of model classes
+DATASETS = {
+    "Cifar10": 10,
+    "Cifar100": 100,
+    "Cifar20": 20,
+    "PinsFaceRecognition": 105,
+    "Digits": 10,
+    "Digits5": 5,
+}
+
+
+def load_dataset(name, root="./data", train=True, size=32, augment=False):
+    """Build one split of a data set. Model labels: CIFAR-20 and Digits5 predict coarse
+    labels (the fine label rides in the middle slot); the others predict their own label."""
+    transform = ImageTransform(size, augment)
+    if name == "Cifar10":
+        images, labels, _ = _load_cifar10(root, train)
+        return ArrayImages(images, labels, transform=transform)
+    if name == "Cifar100":
+        images, fine, _ = _load_cifar100(root, train)
+        return ArrayImages(images, fine, transform=transform)
+    if name == "Cifar20":
+        images, fine, coarse = _load_cifar100(root, train)
+        return ArrayImages(images, coarse, fine=fine, transform=transform)
+    if name == "Digits":
+        images, digits = _load_digits(train)
+        return ArrayImages(images, digits, transform=transform)
+    if name == "Digits5":  # the sub-class analogue of CIFAR-20: pairs (0,1), (2,3), ...
+        images, digits = _load_digits(train)
+        return ArrayImages(images, digits // 2, fine=digits, transform=transform)
+    if name == "PinsFaceRecognition":
+        paths, labels, classes = _load_pins(root, train)
+        return FileImages(paths, labels, transform=transform, classes=classes, side=size)
+    raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def forget_target_id(dataset, target, subclass=False):
+    """Resolve a forget target given on the command line to a label id.
+
+    Full class: a model class of ``dataset``. Sub-class: a fine class inside a coarse data
+    set (CIFAR-20: the CIFAR-100 names; Digits5: a digit). Numbers are accepted as ids.
+    """
+    if subclass:
+        names = {"Cifar20": CIFAR100_FORGET, "Digits5": {}}.get(dataset)
+        n = {"Cifar20": 100, "Digits5": 10}.get(dataset)
+        if names is None:
+            raise UserError(f"sub-class forgetting needs a data set with fine labels (Cifar20 or Digits5), not {dataset}")
+    else:
+        names = {"Cifar100": CIFAR100_FORGET, "Cifar20": CIFAR20_FORGET}.get(dataset, {})
+        n = DATASETS[dataset]
+    if target in names:
+        return names[target]
+    if str(target).isdigit() and int(target) < n:
+        return int(target)
+    known = ", ".join(list(names) + [f"0..{n - 1}"])
+    raise UserError(f"forget class {target!r} is unknown for {dataset}; use one of {known}")
+
+
+# ---- splits: computed from label arrays only. Each returns {split name: (source, indices)}
+# with source "train" or "test", the set the indices point into.
+
+def split_full_class(train, test, cls):
+    """Forget every training image of class ``cls``. The retain test images are ordered by
+    class, as the reference builds them from per-class lists (this fixes the batches over
+    which its mean-of-batch accuracy is taken)."""
+    forget_train = np.flatnonzero(train.targets == cls)
+    retain_train = np.flatnonzero(train.targets != cls)
+    forget_valid = np.flatnonzero(test.targets == cls)
+    retain_valid = np.argsort(test.targets, kind="stable")
+    retain_valid = retain_valid[test.targets[retain_valid] != cls]
+    return dict(forget_train=("train", forget_train), retain_train=("train", retain_train),
+                forget_valid=("test", forget_valid), retain_valid=("test", retain_valid))
+
+
+def split_sub_class(train, test, fine_cls):
+    """Forget every training image of one fine class; the model keeps predicting coarse labels."""
+    if train.fine is None:
+        raise UserError("sub-class forgetting needs fine labels (use Cifar20 or Digits5)")
+    return dict(forget_train=("train", np.flatnonzero(train.fine == fine_cls)),
+                retain_train=("train", np.flatnonzero(train.fine != fine_cls)),
+                forget_valid=("test", np.flatnonzero(test.fine == fine_cls)),
+                retain_valid=("test", np.flatnonzero(test.fine != fine_cls)))
+
+
+def split_random(train, test, forget_perc, seed):
+    """Forget a random fraction of the training set, as torch's random_split with a generator
+    seeded by ``seed``. Df is measured on the forgotten samples, Dr on the whole test set."""
+    n = len(train)
+    k = int(n * forget_perc)
+    if k < 1:
+        raise UserError(f"-forget_perc {forget_perc} selects no sample out of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    forget_train, retain_train = perm[:k], perm[k:]
+    return dict(forget_train=("train", forget_train), retain_train=("train", retain_train),
+                forget_valid=("train", forget_train), retain_valid=("test", np.arange(len(test))))

@@ -1,0 +1,56 @@
+"""Supervised training loops shared by pretraining, retraining and fine-tuning."""
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+class Warmup:
+    """Per-batch learning-rate driver: ``schedule`` (a closed-form torch scheduler such as
+    OneCycleLR or LambdaLR, stepped every batch) scaled by a linear warm-up factor
+    (t + 1) / warm_steps during the first ``warm_steps`` batches."""
+
+    def __init__(self, optimizer, schedule, warm_steps):
+        self.optimizer, self.schedule, self.warm_steps = optimizer, schedule, warm_steps
+        self.t = 0
+        self._scale()
+
+    def _scale(self):
+        if self.t < self.warm_steps:
+            for g in self.optimizer.param_groups:
+                g["lr"] *= (self.t + 1) / self.warm_steps
+
+    def step(self):
+        self.t += 1
+        self.schedule.step()
+        self._scale()
+
+
+def multistep(optimizer, steps_per_epoch, milestones, gamma):
+    """MultiStepLR with milestones in epochs, stepped per batch."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: gamma ** sum(s // steps_per_epoch >= m for m in milestones)
+    )
+
+
+def train_epoch(model, loader, optimizer, device, scheduler=None, desc="train", progress=True):
+    """One epoch of cross-entropy training on (x, _, y) batches; returns mean loss.
+    Raises FloatingPointError if the loss stops being finite."""
+    model.train()
+    total, n = 0.0, 0
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for x, _, y in bar:
+        x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(y)
+        n += len(y)
+        bar.set_postfix(loss=f"{total / max(n, 1):.3f}")
+    return total / max(n, 1)

@@ -1,0 +1,188 @@
+"""The one experiment core behind the three forget_*_main.py scripts:
+load data and model -> split -> run the method -> evaluate -> record."""
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+import datasets
+import metrics
+from methods import METHODS, UnlearnData
+from models import MODELS, build_model, input_size
+from utils import (Parser, UserError, append_record, device_name, library_versions, load_weights,
+                   now_iso, read_records, resolve_device, seed_everything)
+
+EVAL_BATCH = 512  # forward batch for evaluation; the reported accuracies do not depend on it
+
+
+def base_parser(description, batch_size=128):
+    """Flags shared by the three mains (the reference's, verbatim, plus this project's)."""
+    p = Parser(description=description)
+    p.add_argument("-net", required=True, choices=list(MODELS), help="network")
+    p.add_argument("-weight_path", default=None, help="state dict of the trained model (.pth)")
+    p.add_argument("-dataset", required=True, choices=list(datasets.DATASETS), help="data set")
+    p.add_argument("-gpu", action="store_true", help="run on CUDA (pick the card with CUDA_VISIBLE_DEVICES)")
+    p.add_argument("-b", type=int, default=batch_size, help="batch size of the forget/retain loaders")
+    p.add_argument("-warm", type=int, default=1, help="accepted for parity with the reference (unused here)")
+    p.add_argument("-lr", type=float, default=0.1, help="accepted for parity with the reference (unused here)")
+    p.add_argument("-method", required=True, choices=list(METHODS), help="unlearning method")
+    p.add_argument("-epochs", type=int, default=None, help="override the retrain epochs of the method table")
+    p.add_argument("-seed", type=int, default=0, help="seed for torch, numpy, python and the random split")
+    p.add_argument("-sigma", type=float, default=None, help="JiT σ (default: this task's table)")
+    p.add_argument("-eta", type=float, default=None, help="JiT η, its SGD learning rate (default: table)")
+    p.add_argument("-n_samples", type=int, default=None, help="JiT perturbations N per sample (default: table)")
+    p.add_argument("-data_root", default="./data", help="folder holding the data set files")
+    p.add_argument("-results", default="results/results.jsonl", help="JSON-lines file each run appends to")
+    p.add_argument("-wandb", default="disabled", choices=["online", "offline", "disabled"],
+                   help="mirror the record to Weights & Biases (needs the wandb package)")
+    p.add_argument("-workers", type=int, default=None, help="data-loader workers (default: 0 on CPU, 4 on GPU)")
+    p.add_argument("-skip_existing", action="store_true",
+                   help="exit without running if -results already holds this run's record")
+    return p
+
+
+def resolve_jit(args, table):
+    """Fill σ, η, N from the main's table (per net, else its 'default' row) unless given,
+    then check them."""
+    row = table.get(args.net, table["default"])
+    for k in ("sigma", "eta", "n_samples"):
+        if getattr(args, k) is None:
+            setattr(args, k, row[k])
+    if not args.sigma > 0:
+        raise UserError(f"-sigma must be > 0 (got {args.sigma})")
+    if not args.eta > 0:
+        raise UserError(f"-eta must be > 0 (got {args.eta})")
+    if args.n_samples < 1:
+        raise UserError(f"-n_samples must be >= 1 (got {args.n_samples})")
+    if args.b < 1:
+        raise UserError(f"-b must be >= 1 (got {args.b})")
+
+
+RUN_KEY = ("setting", "dataset", "net", "method", "forget", "seed", "sigma", "eta", "n_samples", "weight_path")
+
+
+def run_key(record):
+    return tuple(str(record.get(k)) for k in RUN_KEY)
+
+
+def _loader(ds, batch, shuffle, workers, device, seed=0):
+    g = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(ds, batch_size=batch, shuffle=shuffle, num_workers=workers, generator=g,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def _logits(model, ds, workers, device, desc):
+    dl = _loader(ds, EVAL_BATCH, False, workers, device)
+    return metrics.predict(model, tqdm(dl, desc=desc, leave=False), device)
+
+
+def evaluate_split(model, train, test, split, batch, workers, device):
+    """Every metric from one forward pass over the train set and one over the test set.
+    Accuracies are computed per split in the split's own order, batched by ``batch`` for the
+    reference's mean-of-batch accuracy."""
+    logits = {"train": _logits(model, train, workers, device, "eval train"),
+              "test": _logits(model, test, workers, device, "eval test")}
+
+    def part(name):
+        if name == "test":
+            return logits["test"]
+        source, idx = split[name]
+        lg, y = logits[source]
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return lg[idx], y[idx]
+
+    out = {}
+    for key, name in (("TestAcc", "test"), ("RetainTestAcc", "retain_valid"), ("Df", "forget_valid")):
+        lg, y = part(name)
+        correct = (lg.argmax(1) == y).numpy()
+        out[key] = metrics.batch_mean_accuracy(correct, batch)
+        out[key + "Exact"] = metrics.exact_accuracy(correct)
+    ent = {n: metrics.entropy(F.softmax(part(n)[0], dim=-1)).numpy()
+           for n in ("retain_train", "forget_train", "test")}
+    out["MIA"] = metrics.mia_from_entropies(ent["retain_train"], ent["forget_train"], ent["test"])
+    return out
+
+
+def run(args, setting, num_classes, target_id, split_fn):
+    """Run one forget experiment and append its record. ``split_fn(train, test)`` returns
+    the split dict of datasets.split_*; ``target_id`` is the forget label id (None: random)."""
+    forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
+    record = dict(setting=setting, dataset=args.dataset, net=args.net, method=args.method,
+                  forget=forget, forget_id=target_id, seed=args.seed,
+                  sigma=args.sigma, eta=args.eta, n_samples=args.n_samples, weight_path=args.weight_path)
+    if args.skip_existing and any(run_key(r) == run_key(record) for r in read_records(args.results)):
+        print(f"skip: {args.results} already holds {args.method} on {args.dataset} ({forget}), seed {args.seed}")
+        return None
+
+    device = resolve_device(args.gpu)
+    if args.weight_path and not os.path.isfile(args.weight_path):
+        raise UserError(f"weight file not found: {args.weight_path}")
+    seed_everything(args.seed)
+    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+
+    size = input_size(args.net)
+    train = datasets.load_dataset(args.dataset, args.data_root, train=True, size=size)
+    test = datasets.load_dataset(args.dataset, args.data_root, train=False, size=size)
+    if datasets.DATASETS[args.dataset] != num_classes:
+        raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset]} model classes, "
+                        f"but {num_classes} were given")
+
+    def build_fresh():
+        return build_model(args.net, num_classes)
+
+    model = load_weights(build_fresh(), args.weight_path, args.net, num_classes).to(device)
+
+    split = split_fn(train, test)
+    for name, (_, idx) in split.items():
+        if len(idx) == 0:
+            raise UserError(f"the {name} split is empty for forget target {forget!r}")
+    subset = {n: Subset(train if src == "train" else test, idx) for n, (src, idx) in split.items()}
+    method = METHODS[args.method]
+    data = UnlearnData(
+        forget_train=_loader(subset["forget_train"], args.b, False, workers, device),
+        retain_train=_loader(subset["retain_train"], args.b, True, workers, device, args.seed),
+        num_classes=num_classes, forget_class=target_id, dataset=args.dataset, net=args.net,
+        build_fresh=build_fresh,
+    )
+    if method.zero_shot:
+        data = data.without_retain()
+
+    t0 = time.perf_counter()
+    model = method.fn(model, data, args, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    method_time = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scores = evaluate_split(model, train, test, split, args.b, workers, device)
+    eval_time = time.perf_counter() - t0
+
+    record.update(scores)
+    record.update(
+        MethodTime=method_time, EvalTime=eval_time,
+        n_forget=int(len(split["forget_train"][1])), n_retain=int(len(split["retain_train"][1])),
+        accuracy_note="TestAcc/RetainTestAcc/Df: mean of per-batch accuracy (%) as the reference "
+                      "computes it, batch -b; *Exact: correct/total (%)",
+        args=vars(args), versions=library_versions(), device=device_name(device), time=now_iso(),
+    )
+    append_record(args.results, record)
+    _mirror_to_wandb(args, record)
+    print(f"{args.method}: Dr {scores['RetainTestAcc']:.2f}  Df {scores['Df']:.2f}  MIA {scores['MIA']:.3f}  "
+          f"TestAcc {scores['TestAcc']:.2f}  method {method_time:.2f}s  eval {eval_time:.2f}s -> {args.results}")
+    return record
+
+
+def _mirror_to_wandb(args, record):
+    if args.wandb == "disabled":
+        return
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("-wandb online/offline needs the wandb package (pip install wandb)") from None
+    run = wandb.init(project="jit-unlearning", mode=args.wandb, config=record["args"],
+                     name=f"{record['setting']}-{record['dataset']}-{record['net']}-{record['method']}-{record['forget']}-s{record['seed']}")
+    run.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    run.finish()

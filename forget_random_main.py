@@ -1,0 +1,32 @@
+"""Random forgetting: forget a random fraction of the training set.
+
+python forget_random_main.py -net VGG16 -dataset Cifar10 -classes 10 -gpu \
+    -method lipschitz_forgetting -forget_perc 0.00165 -weight_path W.pth -seed 0
+"""
+import datasets
+from experiment import base_parser, resolve_jit, run
+from utils import UserError, cli
+
+# JiT hyperparameters for this task (see forget_full_class_main.py).
+JIT = {
+    "VGG16": dict(sigma=0.01, eta=3e-4, n_samples=25),
+    "ViT": dict(sigma=0.5, eta=0.1, n_samples=25),
+    "default": dict(sigma=0.01, eta=3e-4, n_samples=25),
+}
+
+
+def main():
+    p = base_parser(__doc__.splitlines()[0], batch_size=128)
+    p.add_argument("-classes", type=int, required=True, help="number of classes of the model")
+    p.add_argument("-forget_perc", type=float, required=True,
+                   help="fraction of the training set to forget, in (0, 1); the reference grid uses 0.00165")
+    args = p.parse_args()
+    if not 0 < args.forget_perc < 1:
+        raise UserError(f"-forget_perc must lie in (0, 1) (got {args.forget_perc})")
+    resolve_jit(args, JIT)
+    run(args, "random", args.classes, None,
+        lambda tr, te: datasets.split_random(tr, te, args.forget_perc, args.seed))
+
+
+if __name__ == "__main__":
+    cli(main)

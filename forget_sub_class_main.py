@@ -1,0 +1,33 @@
+"""Sub-class forgetting: forget one fine class while the model keeps predicting coarse labels.
+
+python forget_sub_class_main.py -net VGG16 -dataset Cifar20 -superclasses 20 -subclasses 100 -gpu \
+    -method lipschitz_forgetting -forget_class rocket -weight_path W.pth -seed 0
+"""
+import datasets
+from experiment import base_parser, resolve_jit, run
+from utils import UserError, cli
+
+# JiT hyperparameters for this task (see forget_full_class_main.py).
+JIT = {
+    "VGG16": dict(sigma=0.01, eta=3e-4, n_samples=25),
+    "ViT": dict(sigma=1.5, eta=0.5, n_samples=25),
+    "default": dict(sigma=0.01, eta=3e-4, n_samples=25),
+}
+
+
+def main():
+    p = base_parser(__doc__.splitlines()[0], batch_size=64)
+    p.add_argument("-superclasses", type=int, required=True, help="number of coarse classes (the model's outputs)")
+    p.add_argument("-subclasses", type=int, required=True, help="number of fine classes")
+    p.add_argument("-forget_class", required=True, help="fine class to forget (name such as rocket, or fine label id)")
+    args = p.parse_args()
+    resolve_jit(args, JIT)
+    fine = {"Cifar20": 100, "Digits5": 10}.get(args.dataset)
+    if fine is not None and args.subclasses != fine:
+        raise UserError(f"{args.dataset} has {fine} fine classes, but -subclasses {args.subclasses} was given")
+    cls = datasets.forget_target_id(args.dataset, args.forget_class, subclass=True)
+    run(args, "subclass", args.superclasses, cls, lambda tr, te: datasets.split_sub_class(tr, te, cls))
+
+
+if __name__ == "__main__":
+    cli(main)
