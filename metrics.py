@@ -72,7 +72,10 @@ def mia_from_entropies(retain_entropy, forget_entropy, test_entropy):
 
     x = np.concatenate([np.asarray(retain_entropy), np.asarray(test_entropy)]).reshape(-1, 1)
     y = np.concatenate([np.ones(len(retain_entropy)), np.zeros(len(test_entropy))])
-    clf = LogisticRegression(class_weight="balanced", solver="lbfgs")
+    # The reference fitted multi_class="multinomial" (removed in scikit-learn 1.7). With two
+    # classes that is a two-row softmax whose L2 penalty falls on both rows, i.e. a binary
+    # logistic regression with the penalty halved: C = 2 reproduces it exactly.
+    clf = LogisticRegression(class_weight="balanced", solver="lbfgs", C=2.0)
     clf.fit(x, y)
     return float(clf.predict(np.asarray(forget_entropy).reshape(-1, 1)).mean())
 
@@ -95,7 +98,8 @@ def JSDiv(p, q):
     it averages m·(log m − log p) over every element (rows × classes) instead of summing over
     classes, i.e. KL(m‖p)/C per row."""
     m = (p + q) / 2
-    return 0.5 * F.kl_div(torch.log(p), m, reduction="mean") + 0.5 * F.kl_div(torch.log(q), m, reduction="mean")
+    # Written out rather than F.kl_div(reduction="mean"), whose meaning torch plans to change.
+    return 0.5 * (m * (m.log() - p.log())).mean() + 0.5 * (m * (m.log() - q.log())).mean()
 
 
 def UnLearningScore(tmodel, gold_model, forget_dl, batch_size=None, device=None):

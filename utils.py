@@ -68,10 +68,15 @@ def load_weights(model, path, net, classes):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise UserError(f"refusing {path}: it holds more than tensors, and loading it could run code ({first})") from None
+        msg = str(e)
+        if "Unsupported global" in msg or "GLOBAL" in msg:
+            what = next((ln.strip() for ln in msg.splitlines() if "GLOBAL" in ln), "").split(" was ")[0]
+            raise UserError(f"refusing {path}: it holds Python objects beyond tensors, and loading it "
+                            f"could run code ({what.replace('WeightsUnpickler error: ', '')})") from None
+        raise UserError(f"cannot read weight file {path}: not a PyTorch checkpoint") from None
     except Exception as e:
-        raise UserError(f"cannot read weight file {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"cannot read weight file {path}: {type(e).__name__}: {first}") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path} is not a plain state dict (name -> tensor)")
     try:

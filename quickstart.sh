@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Quickstart on scikit-learn's bundled digits (no download): pretrain the small CNN once
+# (cached in checkpoint/quickstart/), forget digit 3 with every registered method, print a table.
+#   ./quickstart.sh        on the CPU (about 2-3 minutes on 2 cores)
+#   ./quickstart.sh 0      on GPU 0
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+if [ $# -gt 1 ] || { [ $# -eq 1 ] && ! [[ $1 =~ ^[0-9]+$ ]]; }; then
+    echo "usage: $0 [GPU_INDEX]" >&2
+    exit 2
+fi
+dev=()
+if [ $# -eq 1 ]; then
+    export CUDA_VISIBLE_DEVICES=$1
+    dev=(-gpu)
+fi
+
+weights=checkpoint/quickstart/SmallCNN-Digits.pth
+if [ ! -f "$weights" ]; then
+    echo "== pretraining SmallCNN on Digits (once; cached in $weights)"
+    python pretrain_model.py -net SmallCNN -dataset Digits -classes 10 -out "$weights" "${dev[@]}"
+fi
+
+results=results/quickstart-$(date +%Y%m%d-%H%M%S).jsonl
+read -r -a methods <<< "$(python -c 'from methods import METHODS; print(" ".join(METHODS))')"
+for method in "${methods[@]}"; do
+    echo "== $method"
+    python forget_full_class_main.py -net SmallCNN -dataset Digits -classes 10 -forget_class 3 \
+        -method "$method" -weight_path "$weights" -seed 0 -results "$results" "${dev[@]}"
+done
+
+echo
+echo "Forgetting digit 3 (Dr: accuracy on the other test digits; Df: on test images of 3; %):"
+python report.py "$results"
+echo "records: $results"

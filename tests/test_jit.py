@@ -1,0 +1,201 @@
+"""Oracle tests for ``Lipschitz.jit_unlearn`` against a literal, per-perturbation transcription
+of the reference JiT update (REFERENCE.md §1)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import Lipschitz
+
+SIGMA = 0.5
+ETA = 0.05
+N = 5
+BATCH = 8
+
+
+class TripleDataset(Dataset):
+    """Yields (image, empty fine label, model label) like the project's data sets."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], torch.tensor([]), self.y[i]
+
+
+def make_loader(n_items=3 * BATCH + 5, batch_size=BATCH):
+    # CIFAR-shaped inputs (3x32x32): every batch's element count is a multiple of 16, so one
+    # (N, B, C, H, W) noise draw equals N successive (B, C, H, W) draws (REFERENCE §1.5).
+    # Three full batches of 8 and a last batch of 5.
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(n_items, 3, 32, 32, generator=g)
+    y = torch.randint(0, 5, (n_items,), generator=g)
+    return DataLoader(TripleDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
+def tiny_conv(dropout=False, batchnorm=False):
+    torch.manual_seed(7)
+    layers = [nn.Conv2d(3, 4, 3, stride=2, padding=1)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(4))
+    layers += [nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2, padding=1)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(8))
+    layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()]
+    if dropout:
+        layers.append(nn.Dropout(0.5))
+    layers.append(nn.Linear(32, 5))
+    return nn.Sequential(*layers)
+
+
+def oracle_jit(model, loader, sigma, eta, n, zero_grad_every_batch=False):
+    """The reference JiT step, written out literally: one forward per perturbation."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=eta)
+    optimizer.zero_grad()  # once, before the loop: gradients accumulate across batches
+    for x, _, _ in loader:
+        if zero_grad_every_batch:  # NOT the reference; used to show accumulation matters
+            optimizer.zero_grad()
+        out = model(x)
+        loss = torch.zeros(())
+        for _ in range(n):
+            x2 = x + torch.randn(x.size()) * sigma
+            x2 = torch.clamp(x2, min=x.min(), max=x.max())
+            with torch.no_grad():
+                out2 = model(x2)
+            num = torch.sqrt(((out - out2) ** 2).sum(dim=1))
+            den = torch.sqrt(((x.reshape(len(x), -1) - x2.reshape(len(x2), -1)) ** 2).sum(dim=1))
+            loss = loss + (num / den).sum()
+        loss = loss / n
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def run_both(model, loader, chunk_size, seed=0):
+    impl, ref = copy.deepcopy(model), copy.deepcopy(model)
+    torch.manual_seed(seed)
+    Lipschitz.jit_unlearn(impl, loader, SIGMA, ETA, n_samples=N, chunk_size=chunk_size, progress=False)
+    torch.manual_seed(seed)
+    oracle_jit(ref, loader, SIGMA, ETA, N)
+    return impl, ref
+
+
+def assert_state_close(a, b):
+    torch.testing.assert_close(a.state_dict(), b.state_dict(), rtol=1e-5, atol=1e-7)
+
+
+def assert_state_differs(a, b):
+    diffs = [(a.state_dict()[k].float() - b.state_dict()[k].float()).abs().max().item()
+             for k in a.state_dict()]
+    assert max(diffs) > 1e-4, "weights did not move: the comparison would be vacuous"
+
+
+# (a) all perturbations in one forward; (b) chunk_size=16 with batch 8 -> 2 perturbations per
+# forward, so N=5 splits into chunks of 2, 2, 1.
+# The plain conv net has NO dropout in train mode on purpose: train-mode dropout masks come
+# from the same default generator as the noise, and the batched implementation draws them in a
+# different order than the reference's loop, so bit-parity cannot hold with active dropout.
+@pytest.mark.parametrize("chunk_size", [4096, 16], ids=["one_chunk", "several_chunks"])
+def test_matches_oracle_train_mode_no_dropout(chunk_size):
+    model = tiny_conv().train()
+    loader = make_loader()
+    impl, ref = run_both(model, loader, chunk_size)
+    assert_state_differs(impl, model)
+    assert_state_close(impl, ref)
+
+
+def test_small_chunk_really_splits_the_perturbations():
+    """Precondition of the 'several_chunks' case: more than one no-grad forward per batch."""
+    model = tiny_conv().train()
+    loader = make_loader()
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    torch.manual_seed(0)
+    Lipschitz.jit_unlearn(model, loader, SIGMA, ETA, n_samples=N, chunk_size=16, progress=False)
+    # per batch: 1 clean forward + ceil(5 / 2) = 3 perturbed forwards
+    assert len(calls) == 4 * len(loader)
+    assert max(calls) == 2 * BATCH
+
+
+def test_matches_oracle_eval_mode_with_dropout():
+    # In eval mode dropout is inert, so it consumes no random numbers: parity holds.
+    model = tiny_conv(dropout=True).eval()
+    loader = make_loader()
+    impl, ref = run_both(model, loader, chunk_size=4096)
+    assert_state_differs(impl, model)
+    assert_state_close(impl, ref)
+
+
+@pytest.mark.parametrize("chunk_size", [4096, 16], ids=["one_chunk", "several_chunks"])
+def test_matches_oracle_train_mode_batchnorm(chunk_size):
+    # Train-mode batch norm: batch composition matters, the implementation must fall back to
+    # one forward per perturbation; weights and BN running stats must match the oracle.
+    model = tiny_conv(batchnorm=True).train()
+    loader = make_loader()
+    impl, ref = run_both(model, loader, chunk_size)
+    assert_state_differs(impl, model)
+    for k in ("1.running_mean", "1.running_var", "4.running_mean", "4.running_var"):
+        torch.testing.assert_close(impl.state_dict()[k], ref.state_dict()[k], rtol=1e-5, atol=1e-7)
+    assert_state_close(impl, ref)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_mode_is_left_unchanged(mode):
+    model = tiny_conv(dropout=True, batchnorm=True)
+    model.train(mode == "train")
+    Lipschitz.jit_unlearn(model, make_loader(10, 5), SIGMA, ETA, n_samples=2, progress=False)
+    assert all(m.training == (mode == "train") for m in model.modules())
+
+
+def test_gradients_accumulate_across_batches():
+    model = tiny_conv().train()
+    loader = make_loader()
+    impl, ref = run_both(model, loader, chunk_size=4096)
+    no_acc = copy.deepcopy(model)
+    torch.manual_seed(0)
+    oracle_jit(no_acc, loader, SIGMA, ETA, N, zero_grad_every_batch=True)
+    assert_state_close(impl, ref)
+    # zeroing the gradients per batch gives a clearly different result
+    assert_state_differs(impl, no_acc)
+
+
+def test_first_step_equals_single_batch_update_and_second_adds_it_again():
+    """With two batches the total update is -eta * (2*g1 + g2): the first batch's gradient is
+    applied twice. Check it against g1 and g2 measured from the oracle's own noise."""
+    model = tiny_conv().train()
+    loader = make_loader(2 * BATCH, BATCH)
+    impl = copy.deepcopy(model)
+    torch.manual_seed(3)
+    Lipschitz.jit_unlearn(impl, loader, SIGMA, ETA, n_samples=N, progress=False)
+
+    # g1: gradient of batch 1 at the initial weights; g2: gradient of batch 2 after one step.
+    torch.manual_seed(3)
+    step1 = copy.deepcopy(model)
+    batches = list(loader)
+    oracle_jit(step1, [batches[0]], SIGMA, ETA, N)
+    g1 = {k: (model.state_dict()[k] - step1.state_dict()[k]) / ETA for k in model.state_dict()}
+    step2 = copy.deepcopy(step1)
+    oracle_jit(step2, [batches[1]], SIGMA, ETA, N)  # the RNG continues where batch 1 left it
+    g2 = {k: (step1.state_dict()[k] - step2.state_dict()[k]) / ETA for k in model.state_dict()}
+    expected = {k: model.state_dict()[k] - ETA * (2 * g1[k] + g2[k]) for k in model.state_dict()}
+    torch.testing.assert_close(impl.state_dict(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"sigma": 0.0, "eta": 0.1, "n_samples": 2},
+    {"sigma": -1.0, "eta": 0.1, "n_samples": 2},
+    {"sigma": 0.5, "eta": 0.0, "n_samples": 2},
+    {"sigma": 0.5, "eta": -0.1, "n_samples": 2},
+    {"sigma": 0.5, "eta": 0.1, "n_samples": 0},
+])
+def test_rejects_invalid_hyperparameters(kwargs):
+    model = tiny_conv()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError):
+        Lipschitz.jit_unlearn(model, make_loader(5, 5), progress=False, **kwargs)
+    torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
