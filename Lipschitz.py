@@ -6,7 +6,8 @@ For a forget sample x and N perturbations ξ_i ~ N(0, σ²I) the objective is
 """
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+
+from utils import progress_bar
 
 # Largest number of perturbed images evaluated in one forward pass. 25 × 128 CIFAR images
 # fit easily; lower it for big inputs on a small GPU.
@@ -51,7 +52,7 @@ def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAU
     if _has_batch_statistics(model):
         per_perturbation = 1
 
-    for batch in tqdm(forget_loader, desc="JiT", disable=not progress, leave=False):
+    for batch in progress_bar(forget_loader, "JiT", progress):
         x = batch[0].to(device)
         out = model(x)
         noise = torch.randn((n_samples,) + tuple(x.shape)).to(device)

@@ -3,7 +3,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+from utils import progress_bar
 
 
 class Warmup:
@@ -39,7 +40,7 @@ def train_epoch(model, loader, optimizer, device, scheduler=None, desc="train", 
     Raises FloatingPointError if the loss stops being finite."""
     model.train()
     total, n = 0.0, 0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(loader, desc, progress)
     for x, _, y in bar:
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
         loss = F.cross_entropy(model(x), y)

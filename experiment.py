@@ -6,14 +6,24 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 import datasets
 import metrics
 from methods import METHODS, UnlearnData
 from models import MODELS, build_model, input_size
-from utils import (Parser, UserError, append_record, device_name, library_versions, load_weights,
-                   now_iso, read_records, resolve_device, seed_everything)
+from utils import (
+    Parser,
+    UserError,
+    append_record,
+    device_name,
+    library_versions,
+    load_weights,
+    now_iso,
+    progress_bar,
+    read_records,
+    resolve_device,
+    seed_everything,
+)
 
 EVAL_BATCH = 512  # forward batch for evaluation; the reported accuracies do not depend on it
 
@@ -76,7 +86,7 @@ def _loader(ds, batch, shuffle, workers, device, seed=0):
 
 def _logits(model, ds, workers, device, desc):
     dl = _loader(ds, EVAL_BATCH, False, workers, device)
-    return metrics.predict(model, tqdm(dl, desc=desc, leave=False), device)
+    return metrics.predict(model, progress_bar(dl, desc), device)
 
 
 def evaluate_split(model, train, test, split, batch, workers, device):

@@ -42,6 +42,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
 
 
+def progress_bar(iterable, desc, enabled=True):
+    """A tqdm bar on a terminal; silent when output is redirected (logs stay readable)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, disable=None if enabled else True, mininterval=0.5)
+
+
 def resolve_device(use_gpu):
     """One device decided once. ``-gpu`` with no CUDA is an error, not a silent CPU run.
     Which GPU is chosen by CUDA_VISIBLE_DEVICES, as in the reference's grid scripts."""
