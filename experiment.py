@@ -3,6 +3,7 @@ load data and model -> split -> run the method -> evaluate -> record."""
 import os
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
@@ -51,6 +52,11 @@ def base_parser(description, batch_size=128):
     p.add_argument("-workers", type=int, default=None, help="data-loader workers (default: 0 on CPU, 4 on GPU)")
     p.add_argument("-skip_existing", action="store_true",
                    help="exit without running if -results already holds this run's record")
+    added = set()
+    for m in METHODS.values():
+        if m.add_args is not None and m.add_args not in added:
+            m.add_args(p)
+            added.add(m.add_args)
     return p
 
 
@@ -154,7 +160,9 @@ def run(args, setting, num_classes, target_id, split_fn):
     data = UnlearnData(
         forget_train=_loader(subset["forget_train"], args.b, False, workers, device),
         retain_train=_loader(subset["retain_train"], args.b, True, workers, device, args.seed),
-        num_classes=num_classes, forget_class=target_id, dataset=args.dataset, net=args.net,
+        full_train=_loader(Subset(train, np.concatenate([split["forget_train"][1], split["retain_train"][1]])),
+                           args.b, False, workers, device),
+        num_classes=num_classes, forget_class=target_id, setting=setting, dataset=args.dataset, net=args.net,
         build_fresh=build_fresh,
     )
     if method.zero_shot:

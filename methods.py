@@ -34,31 +34,37 @@ FINETUNE = dict(epochs=5, lr=0.02, momentum=0.9, weight_decay=5e-4)
 
 @dataclass
 class UnlearnData:
-    """What a method may use. Loaders yield (x, fine_or_empty, y) batches."""
+    """What a method may use. Loaders yield (x, fine_or_empty, y) batches; their datasets
+    (``loader.dataset``) are Subsets of the training set, for methods that build their own."""
     forget_train: DataLoader            # not shuffled, batch -b (as the reference)
     retain_train: Optional[DataLoader]  # shuffled, batch -b; None for zero-shot methods
+    full_train: Optional[DataLoader]    # forget + retain, not shuffled; None for zero-shot methods
     num_classes: int
-    forget_class: Optional[int]         # model label of the forgotten class (None: random)
+    forget_class: Optional[int]         # model label of the forgotten class (None: random setting)
+    setting: str                        # "fullclass", "subclass" or "random"
     dataset: str
     net: str
     build_fresh: Callable[[], torch.nn.Module]  # a newly initialised model of the same kind
 
     def without_retain(self):
-        return dataclasses.replace(self, retain_train=None)
+        return dataclasses.replace(self, retain_train=None, full_train=None)
 
 
 @dataclass
 class Method:
     fn: Callable
     zero_shot: bool = False
+    add_args: Optional[Callable] = None  # add_args(parser): the method's command-line overrides
 
 
 METHODS = {}
 
 
-def register(name, zero_shot=False):
+def register(name, zero_shot=False, add_args=None):
+    """Register ``fn`` under ``name``. ``zero_shot`` methods are never handed retain data;
+    ``add_args(parser)`` adds the method's own flags (defaults None = the method's table)."""
     def wrap(fn):
-        METHODS[name] = Method(fn, zero_shot)
+        METHODS[name] = Method(fn, zero_shot, add_args)
         return fn
     return wrap
 
@@ -117,3 +123,9 @@ def finetune(model, data, args, device):
 def lipschitz_forgetting(model, data, args, device):
     """JiT (Lipschitz.jit_unlearn) with σ, η, N from the main's table or the command line."""
     return jit_unlearn(model, data.forget_train, args.sigma, args.eta, args.n_samples, device=device)
+
+
+# The paper's other baselines live in their own modules and register themselves here.
+import baselines_distill  # noqa: E402,F401  (blindspot, amnesiac, scrub)
+import baselines_importance  # noqa: E402,F401  (ssd_tuning, lfssd_tuning, FisherForgetting)
+import baselines_noise  # noqa: E402,F401  (UNSIR, emmn, gkt)
