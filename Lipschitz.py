@@ -21,20 +21,30 @@ def _has_batch_statistics(model):
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
+GRAD_MODES = ("accumulate", "per_batch")
+REDUCTIONS = ("sum", "mean")
+MODEL_MODES = ("as_loaded", "eval")
+
+
 def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAULT_CHUNK,
-                device=None, progress=True):
-    """Unlearn ``forget_loader`` from ``model`` in place (the reference's parity behaviour).
+                device=None, progress=True, grad="accumulate", reduction="sum", mode="as_loaded"):
+    """Unlearn ``forget_loader`` from ``model`` in place. The defaults are the reference's
+    parity behaviour; ``grad``, ``reduction`` and ``mode`` switch one step each:
 
     - Optimiser: plain SGD over all parameters, learning rate ``eta``.
     - Gradients are cleared once before the loop, never between batches, so every step
-      uses the sum of all gradients so far (they accumulate across forget batches).
+      uses the sum of all gradients so far (``grad="accumulate"``; ``"per_batch"`` clears
+      them before every batch, so each step uses its own batch's gradient only).
     - Per batch: the clean output f(x) with gradient; N perturbed inputs
       x'_i = clamp(x + σ·ε_i, min(x), max(x)) (ε_i standard normal, min/max over the whole
       batch tensor) whose outputs are computed without gradient (stop-gradient).
     - Per sample ratio ‖f(x) − f(x'_i)‖ / ‖x − x'_i‖ (the denominator uses the clamped x'_i).
-    - Batch loss: sum over the batch, mean over the N perturbations; backward; one step.
-    - The model's mode is left as it is: a freshly built model is in training mode, so
-      dropout is active here.
+    - Batch loss: sum over the batch, mean over the N perturbations (``reduction="sum"``;
+      ``"mean"`` also averages over the batch, so η no longer scales with the batch size);
+      backward; one step.
+    - The model's mode is left as it is (``mode="as_loaded"``): a freshly built model is in
+      training mode, so dropout is active here. ``"eval"`` runs JiT in eval mode (no
+      dropout, batch-norm running statistics) and restores the previous mode afterwards.
 
     Noise is drawn from torch's default generator on the CPU, as one (N, B, C, H, W) tensor
     after the clean forward; for inputs whose element count is a multiple of 16 this gives
@@ -45,7 +55,20 @@ def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAU
     """
     if sigma <= 0 or eta <= 0 or n_samples < 1:
         raise ValueError("sigma and eta must be > 0 and n_samples >= 1")
+    if grad not in GRAD_MODES or reduction not in REDUCTIONS or mode not in MODEL_MODES:
+        raise ValueError(f"grad in {GRAD_MODES}, reduction in {REDUCTIONS}, mode in {MODEL_MODES}")
     device = device or next(model.parameters()).device
+    was_training = model.training
+    if mode == "eval":
+        model.eval()
+    try:
+        _jit_loop(model, forget_loader, sigma, eta, n_samples, chunk_size, device, progress, grad, reduction)
+    finally:
+        model.train(was_training)
+    return model
+
+
+def _jit_loop(model, forget_loader, sigma, eta, n_samples, chunk_size, device, progress, grad, reduction):
     optimizer = torch.optim.SGD(model.parameters(), lr=eta)
     optimizer.zero_grad()
     per_perturbation = max(1, chunk_size // forget_loader.batch_size) if forget_loader.batch_size else 1
@@ -53,6 +76,8 @@ def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAU
         per_perturbation = 1
 
     for batch in progress_bar(forget_loader, "JiT", progress):
+        if grad == "per_batch":
+            optimizer.zero_grad()
         x = batch[0].to(device)
         out = model(x)
         noise = torch.randn((n_samples,) + tuple(x.shape)).to(device)
@@ -66,7 +91,7 @@ def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAU
             in_norm = torch.linalg.vector_norm(flat_x - x2.flatten(2), dim=2)
             out_norm = torch.linalg.vector_norm(out - out2, dim=2)
             ratios.append(out_norm / in_norm)
-        loss = torch.cat(ratios).sum() / n_samples
+        ratios = torch.cat(ratios)  # (N, B)
+        loss = ratios.sum() / n_samples if reduction == "sum" else ratios.mean()
         loss.backward()
         optimizer.step()
-    return model

@@ -77,11 +77,14 @@ def resolve_jit(args, table):
         raise UserError(f"-b must be >= 1 (got {args.b})")
 
 
-RUN_KEY = ("setting", "dataset", "net", "method", "forget", "seed", "sigma", "eta", "n_samples", "weight_path")
+# Flags that do not change what a run computes; every other flag is part of its identity.
+NOT_IDENTITY = {"results", "wandb", "workers", "skip_existing", "gpu", "data_root"}
 
 
-def run_key(record):
-    return tuple(str(record.get(k)) for k in RUN_KEY)
+def run_identity(setting, args_dict):
+    """What makes two runs the same run (for -skip_existing): the setting and every flag
+    that can change the result."""
+    return (setting, tuple(sorted((k, str(v)) for k, v in args_dict.items() if k not in NOT_IDENTITY)))
 
 
 def _loader(ds, batch, shuffle, workers, device, seed=0):
@@ -129,7 +132,9 @@ def run(args, setting, num_classes, target_id, split_fn):
     record = dict(setting=setting, dataset=args.dataset, net=args.net, method=args.method,
                   forget=forget, forget_id=target_id, seed=args.seed,
                   sigma=args.sigma, eta=args.eta, n_samples=args.n_samples, weight_path=args.weight_path)
-    if args.skip_existing and any(run_key(r) == run_key(record) for r in read_records(args.results)):
+    identity = run_identity(setting, vars(args))
+    if args.skip_existing and any(run_identity(r.get("setting"), r.get("args", {})) == identity
+                                  for r in read_records(args.results)):
         print(f"skip: {args.results} already holds {args.method} on {args.dataset} ({forget}), seed {args.seed}")
         return None
 

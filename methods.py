@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine import Warmup, multistep, train_epoch
-from Lipschitz import jit_unlearn
+from Lipschitz import GRAD_MODES, MODEL_MODES, REDUCTIONS, jit_unlearn
 
 # ---- hyperparameters (the reference's values) -------------------------------------------
 # retrain: SGD (momentum 0.9, wd 5e-4), ×0.2 at the milestones (epochs), linear warm-up over
@@ -119,10 +119,23 @@ def finetune(model, data, args, device):
     return model
 
 
-@register("lipschitz_forgetting", zero_shot=True)
+def _jit_args(p):
+    p.add_argument("-jit_grad", default="accumulate", choices=GRAD_MODES,
+                   help="JiT gradients: accumulate across forget batches (reference) or clear per batch")
+    p.add_argument("-jit_reduction", default="sum", choices=REDUCTIONS,
+                   help="JiT batch loss: sum over the batch (reference) or mean")
+    p.add_argument("-jit_mode", default="as_loaded", choices=MODEL_MODES,
+                   help="JiT model mode: as loaded, i.e. train mode with dropout (reference), or eval")
+
+
+@register("lipschitz_forgetting", zero_shot=True, add_args=_jit_args)
 def lipschitz_forgetting(model, data, args, device):
-    """JiT (Lipschitz.jit_unlearn) with σ, η, N from the main's table or the command line."""
-    return jit_unlearn(model, data.forget_train, args.sigma, args.eta, args.n_samples, device=device)
+    """JiT (Lipschitz.jit_unlearn) with σ, η, N from the main's table or the command line,
+    and the parity switches -jit_grad, -jit_reduction, -jit_mode (defaults: the reference)."""
+    return jit_unlearn(model, data.forget_train, args.sigma, args.eta, args.n_samples, device=device,
+                       grad=getattr(args, "jit_grad", "accumulate"),
+                       reduction=getattr(args, "jit_reduction", "sum"),
+                       mode=getattr(args, "jit_mode", "as_loaded"))
 
 
 # The paper's other baselines live in their own modules and register themselves here.
