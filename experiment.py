@@ -1,5 +1,6 @@
 """The one experiment core behind the three forget_*_main.py scripts:
 load data and model -> split -> run the method -> evaluate -> record."""
+import copy
 import os
 import time
 
@@ -16,6 +17,7 @@ from utils import (
     Parser,
     UserError,
     append_record,
+    atomic_save,
     device_name,
     library_versions,
     load_weights,
@@ -50,6 +52,10 @@ def base_parser(description, batch_size=128):
     p.add_argument("-wandb", default="disabled", choices=["online", "offline", "disabled"],
                    help="mirror the record to Weights & Biases (needs the wandb package)")
     p.add_argument("-workers", type=int, default=None, help="data-loader workers (default: 0 on CPU, 4 on GPU)")
+    p.add_argument("-retrain_dir", default="checkpoint/retrained",
+                   help="retrain runs save their model here; other runs compare with it (JSToRetrain, ActDistToRetrain)")
+    p.add_argument("-relearn_max_steps", type=int, default=50,
+                   help="bound on the relearn-time metric (fine-tuning steps until Df is back); 0 skips it")
     p.add_argument("-skip_existing", action="store_true",
                    help="exit without running if -results already holds this run's record")
     added = set()
@@ -78,7 +84,7 @@ def resolve_jit(args, table):
 
 
 # Flags that do not change what a run computes; every other flag is part of its identity.
-NOT_IDENTITY = {"results", "wandb", "workers", "skip_existing", "gpu", "data_root"}
+NOT_IDENTITY = {"results", "wandb", "workers", "skip_existing", "gpu", "data_root", "retrain_dir"}
 
 
 def run_identity(setting, args_dict):
@@ -122,7 +128,46 @@ def evaluate_split(model, train, test, split, batch, workers, device):
     ent = {n: metrics.entropy(F.softmax(part(n)[0], dim=-1)).numpy()
            for n in ("retain_train", "forget_train", "test")}
     out["MIA"] = metrics.mia_from_entropies(ent["retain_train"], ent["forget_train"], ent["test"])
-    return out
+    out.update(metrics.attack_metrics(*part("forget_train"), *part("test")))
+    return out, part("forget_train")[0]
+
+
+def _exact_accuracy(model, ds, workers, device):
+    lg, y = _logits(model, ds, workers, device, "eval")
+    return metrics.exact_accuracy((lg.argmax(1) == y).numpy())
+
+
+def relearn_steps(model, forget_loader, forget_valid, target, max_steps, workers, device, lr=0.01):
+    """Fine-tuning steps on the forget set (SGD lr 0.01, momentum 0.9, on a copy) until the
+    exact accuracy on forget_valid is back at ``target`` (the original model's Df); None if
+    not within ``max_steps``. Few steps = the information was hidden, not removed."""
+    m = copy.deepcopy(model)
+    opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
+    if _exact_accuracy(m, forget_valid, workers, device) >= target:
+        return 0
+    steps = 0
+    while steps < max_steps:
+        for x, _, y in forget_loader:
+            m.train()
+            loss = F.cross_entropy(m(x.to(device)), torch.as_tensor(y).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if _exact_accuracy(m, forget_valid, workers, device) >= target:
+                return steps
+            if steps >= max_steps:
+                break
+    return None
+
+
+RETRAIN_METHODS = ("retrain_full", "retrain")  # the reference model for the *ToRetrain metrics, in preference order
+
+
+def retrain_checkpoint(args, setting, forget, method):
+    """Where a retrain run saves its model and where the other runs of the same setting,
+    data set, net, forget target and seed look for it."""
+    return os.path.join(args.retrain_dir, f"{setting}-{args.dataset}-{args.net}-{forget}-seed{args.seed}-{method}.pth")
 
 
 def run(args, setting, num_classes, target_id, split_fn):
@@ -173,6 +218,9 @@ def run(args, setting, num_classes, target_id, split_fn):
     if method.zero_shot:
         data = data.without_retain()
 
+    forget_valid = subset["forget_valid"]
+    target_df = _exact_accuracy(model, forget_valid, workers, device) if args.relearn_max_steps > 0 else None
+
     t0 = time.perf_counter()
     model = method.fn(model, data, args, device)
     if device.type == "cuda":
@@ -180,7 +228,12 @@ def run(args, setting, num_classes, target_id, split_fn):
     method_time = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores = evaluate_split(model, train, test, split, args.b, workers, device)
+    scores, forget_logits = evaluate_split(model, train, test, split, args.b, workers, device)
+    scores.update(_compare_to_retrained(model, forget_logits, subset["forget_train"], args, setting, forget,
+                                        num_classes, build_fresh, workers, device))
+    if target_df is not None:
+        scores["RelearnSteps"] = relearn_steps(model, data.forget_train, forget_valid, target_df,
+                                               args.relearn_max_steps, workers, device)
     eval_time = time.perf_counter() - t0
 
     record.update(scores)
@@ -196,6 +249,25 @@ def run(args, setting, num_classes, target_id, split_fn):
     print(f"{args.method}: Dr {scores['RetainTestAcc']:.2f}  Df {scores['Df']:.2f}  MIA {scores['MIA']:.3f}  "
           f"TestAcc {scores['TestAcc']:.2f}  method {method_time:.2f}s  eval {eval_time:.2f}s -> {args.results}")
     return record
+
+
+def _compare_to_retrained(model, forget_logits, forget_train, args, setting, forget, num_classes, build_fresh,
+                          workers, device):
+    """A retrain run saves its model; any other run compares its forget-set outputs with the
+    saved retrained model of the same setting, data, net, target and seed, when one exists."""
+    if args.method in RETRAIN_METHODS:
+        path = retrain_checkpoint(args, setting, forget, args.method)
+        atomic_save(model.state_dict(), path)
+        return {"RetrainCheckpoint": path}
+    for name in RETRAIN_METHODS:
+        path = retrain_checkpoint(args, setting, forget, name)
+        if os.path.isfile(path):
+            gold = load_weights(build_fresh(), path, args.net, num_classes).to(device)
+            p = F.softmax(forget_logits, dim=-1)
+            q = F.softmax(_logits(gold, forget_train, workers, device, "eval retrained")[0], dim=-1)
+            return {"JSToRetrain": metrics.js_divergence(p, q), "ActDistToRetrain": metrics.activation_distance(p, q),
+                    "RetrainReference": name}
+    return {}
 
 
 def _mirror_to_wandb(args, record):
