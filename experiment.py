@@ -3,6 +3,8 @@ load data and model -> split -> run the method -> evaluate -> record."""
 import copy
 import os
 import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -31,8 +33,9 @@ from utils import (
 EVAL_BATCH = 512  # forward batch for evaluation; the reported accuracies do not depend on it
 
 
-def base_parser(description, batch_size=128):
-    """Flags shared by the three mains (the reference's, verbatim, plus this project's)."""
+def base_parser(description, batch_size=128, with_method=True):
+    """Flags shared by the three mains (the reference's, verbatim, plus this project's).
+    ``with_method=False`` leaves out -method (sweep.py fixes it)."""
     p = Parser(description=description)
     p.add_argument("-net", required=True, choices=list(MODELS), help="network")
     p.add_argument("-weight_path", default=None, help="state dict of the trained model (.pth)")
@@ -41,7 +44,8 @@ def base_parser(description, batch_size=128):
     p.add_argument("-b", type=int, default=batch_size, help="batch size of the forget/retain loaders")
     p.add_argument("-warm", type=int, default=1, help="accepted for parity with the reference (unused here)")
     p.add_argument("-lr", type=float, default=0.1, help="accepted for parity with the reference (unused here)")
-    p.add_argument("-method", required=True, choices=list(METHODS), help="unlearning method")
+    if with_method:
+        p.add_argument("-method", required=True, choices=list(METHODS), help="unlearning method")
     p.add_argument("-epochs", type=int, default=None, help="override the retrain epochs of the method table")
     p.add_argument("-seed", type=int, default=0, help="seed for torch, numpy, python and the random split")
     p.add_argument("-sigma", type=float, default=None, help="JiT σ (default: this task's table)")
@@ -170,19 +174,34 @@ def retrain_checkpoint(args, setting, forget, method):
     return os.path.join(args.retrain_dir, f"{setting}-{args.dataset}-{args.net}-{forget}-seed{args.seed}-{method}.pth")
 
 
-def run(args, setting, num_classes, target_id, split_fn):
-    """Run one forget experiment and append its record. ``split_fn(train, test)`` returns
-    the split dict of datasets.split_*; ``target_id`` is the forget label id (None: random)."""
-    forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
-    record = dict(setting=setting, dataset=args.dataset, net=args.net, method=args.method,
-                  forget=forget, forget_id=target_id, seed=args.seed,
-                  sigma=args.sigma, eta=args.eta, n_samples=args.n_samples, weight_path=args.weight_path)
-    identity = run_identity(setting, vars(args))
-    if args.skip_existing and any(run_identity(r.get("setting"), r.get("args", {})) == identity
-                                  for r in read_records(args.results)):
-        print(f"skip: {args.results} already holds {args.method} on {args.dataset} ({forget}), seed {args.seed}")
-        return None
+@dataclass
+class Experiment:
+    """Everything loaded once for one setting: data, split, loaders and the trained model."""
+    args: Any
+    setting: str
+    forget: Any
+    target_id: Optional[int]
+    num_classes: int
+    device: torch.device
+    workers: int
+    train: Any
+    test: Any
+    split: dict
+    subset: dict
+    data: UnlearnData
+    model: torch.nn.Module
+    build_fresh: Callable
 
+
+def already_recorded(args, setting):
+    identity = run_identity(setting, vars(args))
+    return any(run_identity(r.get("setting"), r.get("args", {})) == identity for r in read_records(args.results))
+
+
+def prepare(args, setting, num_classes, target_id, split_fn):
+    """Load data and model and build the split. ``split_fn(train, test)`` returns the split
+    dict of datasets.split_*; ``target_id`` is the forget label id (None: random)."""
+    forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
     device = resolve_device(args.gpu)
     if args.weight_path and not os.path.isfile(args.weight_path):
         raise UserError(f"weight file not found: {args.weight_path}")
@@ -206,7 +225,6 @@ def run(args, setting, num_classes, target_id, split_fn):
         if len(idx) == 0:
             raise UserError(f"the {name} split is empty for forget target {forget!r}")
     subset = {n: Subset(train if src == "train" else test, idx) for n, (src, idx) in split.items()}
-    method = METHODS[args.method]
     data = UnlearnData(
         forget_train=_loader(subset["forget_train"], args.b, False, workers, device),
         retain_train=_loader(subset["retain_train"], args.b, True, workers, device, args.seed),
@@ -215,12 +233,21 @@ def run(args, setting, num_classes, target_id, split_fn):
         num_classes=num_classes, forget_class=target_id, setting=setting, dataset=args.dataset, net=args.net,
         build_fresh=build_fresh,
     )
-    if method.zero_shot:
-        data = data.without_retain()
+    return Experiment(args, setting, forget, target_id, num_classes, device, workers, train, test, split, subset,
+                      data, model, build_fresh)
 
-    forget_valid = subset["forget_valid"]
+
+def execute(exp, args):
+    """Run ``args.method`` on ``exp.model`` (in place), evaluate, append and return the record."""
+    method = METHODS[args.method]
+    data = exp.data.without_retain() if method.zero_shot else exp.data
+    model, device, workers = exp.model, exp.device, exp.workers
+    forget_valid = exp.subset["forget_valid"]
     target_df = _exact_accuracy(model, forget_valid, workers, device) if args.relearn_max_steps > 0 else None
 
+    # Reseed so the method's random draws depend on the seed alone, not on what ran before
+    # (every DataLoader iterator, for instance, takes a number from the default generator).
+    seed_everything(args.seed)
     t0 = time.perf_counter()
     model = method.fn(model, data, args, device)
     if device.type == "cuda":
@@ -228,27 +255,39 @@ def run(args, setting, num_classes, target_id, split_fn):
     method_time = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores, forget_logits = evaluate_split(model, train, test, split, args.b, workers, device)
-    scores.update(_compare_to_retrained(model, forget_logits, subset["forget_train"], args, setting, forget,
-                                        num_classes, build_fresh, workers, device))
+    scores, forget_logits = evaluate_split(model, exp.train, exp.test, exp.split, args.b, workers, device)
+    scores.update(_compare_to_retrained(model, forget_logits, exp.subset["forget_train"], args, exp.setting,
+                                        exp.forget, exp.num_classes, exp.build_fresh, workers, device))
     if target_df is not None:
         scores["RelearnSteps"] = relearn_steps(model, data.forget_train, forget_valid, target_df,
                                                args.relearn_max_steps, workers, device)
     eval_time = time.perf_counter() - t0
 
+    record = dict(setting=exp.setting, dataset=args.dataset, net=args.net, method=args.method,
+                  forget=exp.forget, forget_id=exp.target_id, seed=args.seed,
+                  sigma=args.sigma, eta=args.eta, n_samples=args.n_samples, weight_path=args.weight_path)
     record.update(scores)
     record.update(
         MethodTime=method_time, EvalTime=eval_time,
-        n_forget=int(len(split["forget_train"][1])), n_retain=int(len(split["retain_train"][1])),
+        n_forget=int(len(exp.split["forget_train"][1])), n_retain=int(len(exp.split["retain_train"][1])),
         accuracy_note="TestAcc/RetainTestAcc/Df: mean of per-batch accuracy (%) as the reference "
                       "computes it, batch -b; *Exact: correct/total (%)",
-        args=vars(args), versions=library_versions(), device=device_name(device), time=now_iso(),
+        args=dict(vars(args)), versions=library_versions(), device=device_name(device), time=now_iso(),
     )
     append_record(args.results, record)
     _mirror_to_wandb(args, record)
     print(f"{args.method}: Dr {scores['RetainTestAcc']:.2f}  Df {scores['Df']:.2f}  MIA {scores['MIA']:.3f}  "
           f"TestAcc {scores['TestAcc']:.2f}  method {method_time:.2f}s  eval {eval_time:.2f}s -> {args.results}")
     return record
+
+
+def run(args, setting, num_classes, target_id, split_fn):
+    """One forget experiment, as the three mains run it: load, split, method, evaluate, record."""
+    if args.skip_existing and already_recorded(args, setting):
+        forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
+        print(f"skip: {args.results} already holds {args.method} on {args.dataset} ({forget}), seed {args.seed}")
+        return None
+    return execute(prepare(args, setting, num_classes, target_id, split_fn), args)
 
 
 def _compare_to_retrained(model, forget_logits, forget_train, args, setting, forget, num_classes, build_fresh,

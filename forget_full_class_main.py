@@ -16,14 +16,26 @@ JIT = {
 }
 
 
-def main():
-    p = base_parser(__doc__.splitlines()[0], batch_size=128)
+SETTING, BATCH = "fullclass", 128
+
+
+def add_task_args(p):
     p.add_argument("-classes", type=int, required=True, help="number of classes of the model")
     p.add_argument("-forget_class", required=True, help="class to forget (name such as rocket, or label id)")
+
+
+def task(args):
+    """(number of model classes, forget label id, split function) of this setting."""
+    cls = datasets.forget_target_id(args.dataset, args.forget_class)
+    return args.classes, cls, lambda tr, te: datasets.split_full_class(tr, te, cls)
+
+
+def main():
+    p = base_parser(__doc__.splitlines()[0], batch_size=BATCH)
+    add_task_args(p)
     args = p.parse_args()
     resolve_jit(args, JIT)
-    cls = datasets.forget_target_id(args.dataset, args.forget_class)
-    run(args, "fullclass", args.classes, cls, lambda tr, te: datasets.split_full_class(tr, te, cls))
+    run(args, SETTING, *task(args))
 
 
 if __name__ == "__main__":

@@ -15,17 +15,28 @@ JIT = {
 }
 
 
-def main():
-    p = base_parser(__doc__.splitlines()[0], batch_size=128)
+SETTING, BATCH = "random", 128
+
+
+def add_task_args(p):
     p.add_argument("-classes", type=int, required=True, help="number of classes of the model")
     p.add_argument("-forget_perc", type=float, required=True,
                    help="fraction of the training set to forget, in (0, 1); the reference grid uses 0.00165")
-    args = p.parse_args()
+
+
+def task(args):
+    """(number of model classes, None: no forget class, split function) of this setting."""
     if not 0 < args.forget_perc < 1:
         raise UserError(f"-forget_perc must lie in (0, 1) (got {args.forget_perc})")
+    return args.classes, None, lambda tr, te: datasets.split_random(tr, te, args.forget_perc, args.seed)
+
+
+def main():
+    p = base_parser(__doc__.splitlines()[0], batch_size=BATCH)
+    add_task_args(p)
+    args = p.parse_args()
     resolve_jit(args, JIT)
-    run(args, "random", args.classes, None,
-        lambda tr, te: datasets.split_random(tr, te, args.forget_perc, args.seed))
+    run(args, SETTING, *task(args))
 
 
 if __name__ == "__main__":

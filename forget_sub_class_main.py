@@ -15,18 +15,30 @@ JIT = {
 }
 
 
-def main():
-    p = base_parser(__doc__.splitlines()[0], batch_size=64)
+SETTING, BATCH = "subclass", 64
+
+
+def add_task_args(p):
     p.add_argument("-superclasses", type=int, required=True, help="number of coarse classes (the model's outputs)")
     p.add_argument("-subclasses", type=int, required=True, help="number of fine classes")
     p.add_argument("-forget_class", required=True, help="fine class to forget (name such as rocket, or fine label id)")
-    args = p.parse_args()
-    resolve_jit(args, JIT)
+
+
+def task(args):
+    """(number of model classes, forget fine-label id, split function) of this setting."""
     fine = {"Cifar20": 100, "Digits5": 10}.get(args.dataset)
     if fine is not None and args.subclasses != fine:
         raise UserError(f"{args.dataset} has {fine} fine classes, but -subclasses {args.subclasses} was given")
     cls = datasets.forget_target_id(args.dataset, args.forget_class, subclass=True)
-    run(args, "subclass", args.superclasses, cls, lambda tr, te: datasets.split_sub_class(tr, te, cls))
+    return args.superclasses, cls, lambda tr, te: datasets.split_sub_class(tr, te, cls)
+
+
+def main():
+    p = base_parser(__doc__.splitlines()[0], batch_size=BATCH)
+    add_task_args(p)
+    args = p.parse_args()
+    resolve_jit(args, JIT)
+    run(args, SETTING, *task(args))
 
 
 if __name__ == "__main__":
