@@ -32,5 +32,5 @@ done
 
 echo
 echo "Forgetting digit 3 (Dr: accuracy on the other test digits; Df: on test images of 3; %):"
-python report.py "$results"
+python report.py "$results"   # also writes the table as .md/.csv and the Dr-Df plot as .png
 echo "records: $results"

@@ -1,17 +1,26 @@
-"""Summarise result records (JSON lines written by the forget_*_main.py scripts) as a table.
+"""Summarise result records (JSON lines written by the forget_*_main.py scripts and sweep.py).
 
-python report.py results/results.jsonl [more.jsonl ...]
-Rows: setting, data set, net and method; values: mean ± std over every record in the group
-(seeds and forget targets). Dr = RetainTestAcc, Df and accuracies in %, MIA a fraction,
-time = MethodTime in seconds (the method alone, without evaluation).
+python report.py results/results.jsonl [more.jsonl ...] [-out results/report]
+Prints a markdown table and writes OUT.md, OUT.csv and OUT.png (Dr vs Df per method, retrain
+marked). Rows: setting, data set, net and method (JiT runs also by σ, η and non-parity
+switches); values: mean ± std over every record in the row (seeds and forget targets).
+Dr = RetainTestAcc, Df and accuracies in %, MIA a fraction, time = MethodTime in seconds.
+Δ columns: the run's value minus that of the retrain record (retrain_full preferred) with the
+same setting, data set, net, forget target and seed, averaged over the runs that have one.
 """
+import csv
 import math
+import os
 from collections import OrderedDict
 
 from utils import Parser, UserError, cli, read_records
 
 COLUMNS = [("Dr", "RetainTestAcc", "{:.2f}"), ("Df", "Df", "{:.2f}"), ("MIA", "MIA", "{:.3f}"),
            ("Test", "TestAcc", "{:.2f}"), ("time (s)", "MethodTime", "{:.2f}")]
+GAPS = [("ΔDr", "RetainTestAcc", "{:+.2f}"), ("ΔDf", "Df", "{:+.2f}"), ("ΔMIA", "MIA", "{:+.3f}")]
+EXTRA = [("MIA AUC", "MIAEntropyAUC", "{:.3f}"), ("JS→retrain", "JSToRetrain", "{:.4f}")]
+RETRAIN_METHODS = ("retrain_full", "retrain")
+PARITY = {"jit_grad": "accumulate", "jit_reduction": "sum", "jit_mode": "as_loaded"}
 
 
 def mean_std(values):
@@ -21,16 +30,49 @@ def mean_std(values):
     return m, s
 
 
+def fmt(values, spec):
+    if not values:
+        return ""
+    m, s = mean_std(values)
+    return spec.format(m) if len(values) == 1 else f"{spec.format(m)} ± {s:.{spec.split('.')[1][0]}f}"
+
+
+def label(r):
+    """The method, and for JiT its σ, η and any switch that is not the reference's."""
+    if r["method"] != "lipschitz_forgetting":
+        return r["method"]
+    args = r.get("args", {})
+    switches = [f"{k.split('_')[1]}={args[k]}" for k, v in PARITY.items() if args.get(k, v) != v]
+    return "JiT " + ", ".join([f"σ={r['sigma']:g}", f"η={r['eta']:g}"] + switches)
+
+
+def _target(r):
+    return (r["setting"], r["dataset"], r["net"], str(r.get("forget")), r.get("seed"))
+
+
+def retrain_index(records):
+    """(setting, data, net, target, seed) -> the retrain record (retrain_full preferred, latest)."""
+    index = {}
+    for name in reversed(RETRAIN_METHODS):
+        for r in records:
+            if r["method"] == name:
+                index[_target(r)] = r
+    return index
+
+
 def summarise(records):
+    gold = retrain_index(records)
     groups = OrderedDict()
     for r in records:
-        groups.setdefault((r["setting"], r["dataset"], r["net"], r["method"]), []).append(r)
+        groups.setdefault((r["setting"], r["dataset"], r["net"], label(r)), []).append(r)
     rows = []
     for (setting, dataset, net, method), rs in groups.items():
         row = OrderedDict(setting=setting, dataset=dataset, net=net, method=method, n=len(rs))
-        for name, key, fmt in COLUMNS:
-            m, s = mean_std([float(r[key]) for r in rs])
-            row[name] = fmt.format(m) if len(rs) == 1 else f"{fmt.format(m)} ± {fmt.format(s)}"
+        for name, key, spec in COLUMNS + EXTRA:
+            row[name] = fmt([float(r[key]) for r in rs if r.get(key) is not None], spec)
+        for name, key, spec in GAPS:
+            pairs = [(r, gold[_target(r)]) for r in rs if _target(r) in gold]
+            row[name] = fmt([float(r[key]) - float(g[key]) for r, g in pairs], spec)
         rows.append(row)
     return rows
 
@@ -44,9 +86,53 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def plot(records, path):
+    """One panel per (setting, data set, net): mean Dr against mean Df per row label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = OrderedDict()
+    for r in records:
+        panels.setdefault((r["setting"], r["dataset"], r["net"]), OrderedDict()).setdefault(label(r), []).append(r)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    for ax, ((setting, dataset, net), by_label) in zip(axes[0], panels.items()):
+        for name, rs in by_label.items():
+            df = mean_std([r["Df"] for r in rs])
+            dr = mean_std([r["RetainTestAcc"] for r in rs])
+            style = dict(marker="X", s=140, c="tab:green", zorder=3) if name in RETRAIN_METHODS else (
+                dict(marker="*", s=180, c="tab:red", zorder=3) if name == "baseline" else
+                dict(marker=".", s=40, c="tab:blue", alpha=0.6) if name.startswith("JiT") else dict(marker="o", s=40))
+            ax.scatter([df[0]], [dr[0]], **style)
+            if len(rs) > 1:
+                ax.errorbar(df[0], dr[0], xerr=df[1], yerr=dr[1], fmt="none", ecolor="grey", lw=0.8)
+            ax.annotate(name, (df[0], dr[0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(f"{setting} · {dataset} · {net}", fontsize=9)
+        ax.set_xlabel("Df (%) — lower is more forgotten")
+        ax.set_ylabel("Dr (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(records, out):
+    rows = summarise(records)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".md", "w") as f:
+        f.write(markdown(rows) + "\n")
+    with open(out + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot(records, out + ".png")
+    return rows
+
+
 def main():
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", help="results JSON-lines files")
+    p.add_argument("-out", default=None, help="write OUT.md, OUT.csv and OUT.png (default: next to the first file)")
     args = p.parse_args()
     records = []
     for f in args.files:
@@ -54,7 +140,10 @@ def main():
         if not rs:
             raise UserError(f"no records in {f}")
         records += rs
-    print(markdown(summarise(records)))
+    out = args.out or os.path.splitext(args.files[0])[0] + "-report"
+    rows = write(records, out)
+    print(markdown(rows))
+    print(f"report: {out}.md, {out}.csv, {out}.png")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ def test_report_cli_prints_a_markdown_table(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0
     assert lines[0].startswith("| setting | dataset | net | method | n | Dr | Df | MIA")
-    assert len(lines) == 4
+    assert len(lines) == 5 and lines[-1].startswith("report: ")
+    for ext in (".md", ".csv", ".png"):
+        assert (tmp_path / f"r-report{ext}").stat().st_size > 0
 
 
 def test_report_cli_rejects_an_empty_file(tmp_path):
