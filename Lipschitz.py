@@ -27,7 +27,8 @@ MODEL_MODES = ("as_loaded", "eval")
 
 
 def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAULT_CHUNK,
-                device=None, progress=True, grad="accumulate", reduction="sum", mode="as_loaded"):
+                device=None, progress=True, grad="accumulate", reduction="sum", mode="as_loaded",
+                cpu_noise=False, amp=False):
     """Unlearn ``forget_loader`` from ``model`` in place. The defaults are the reference's
     parity behaviour; ``grad``, ``reduction`` and ``mode`` switch one step each:
 
@@ -46,9 +47,12 @@ def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAU
       training mode, so dropout is active here. ``"eval"`` runs JiT in eval mode (no
       dropout, batch-norm running statistics) and restores the previous mode afterwards.
 
-    Noise is drawn from torch's default generator on the CPU, as one (N, B, C, H, W) tensor
-    after the clean forward; for inputs whose element count is a multiple of 16 this gives
-    the same numbers as the reference's N successive draws. The N perturbed forwards run in
+    Noise is drawn as one (N, B, C, H, W) tensor after the clean forward, on the model's
+    device; ``cpu_noise=True`` draws it from the CPU's default generator and moves it, as the
+    reference does (on a GPU this is the bit-parity switch; on the CPU both are the same). For
+    inputs whose element count is a multiple of 16 one draw gives the same numbers as the
+    reference's N successive draws. ``amp=True`` runs the forwards under bf16 autocast
+    (the loss itself is computed in float32). The N perturbed forwards run in
     chunks of up to ``chunk_size`` images (a per-perturbation loop only when a train-mode
     batch-norm layer makes batch composition matter). With dropout active the masks are drawn
     from the same distribution as in the reference but in a different order.
@@ -62,13 +66,16 @@ def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAU
     if mode == "eval":
         model.eval()
     try:
-        _jit_loop(model, forget_loader, sigma, eta, n_samples, chunk_size, device, progress, grad, reduction)
+        _jit_loop(model, forget_loader, sigma, eta, n_samples, chunk_size, device, progress, grad, reduction,
+                  cpu_noise, amp)
     finally:
         model.train(was_training)
     return model
 
 
-def _jit_loop(model, forget_loader, sigma, eta, n_samples, chunk_size, device, progress, grad, reduction):
+def _jit_loop(model, forget_loader, sigma, eta, n_samples, chunk_size, device, progress, grad, reduction,
+              cpu_noise, amp):
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     optimizer = torch.optim.SGD(model.parameters(), lr=eta)
     optimizer.zero_grad()
     per_perturbation = max(1, chunk_size // forget_loader.batch_size) if forget_loader.batch_size else 1
@@ -79,15 +86,17 @@ def _jit_loop(model, forget_loader, sigma, eta, n_samples, chunk_size, device, p
         if grad == "per_batch":
             optimizer.zero_grad()
         x = batch[0].to(device)
-        out = model(x)
-        noise = torch.randn((n_samples,) + tuple(x.shape)).to(device)
+        with autocast:
+            out = model(x).float()
+        shape = (n_samples,) + tuple(x.shape)
+        noise = torch.randn(shape).to(device) if cpu_noise else torch.randn(shape, device=device)
         lo, hi = x.min(), x.max()
         flat_x = x.flatten(1)
         ratios = []
         for chunk in noise.split(per_perturbation):
             x2 = torch.clamp(x + chunk * sigma, min=lo, max=hi)  # (n, B, C, H, W)
-            with torch.no_grad():
-                out2 = model(x2.flatten(0, 1)).view(chunk.shape[0], x.shape[0], -1)
+            with torch.no_grad(), autocast:
+                out2 = model(x2.flatten(0, 1)).float().view(chunk.shape[0], x.shape[0], -1)
             in_norm = torch.linalg.vector_norm(flat_x - x2.flatten(2), dim=2)
             out_norm = torch.linalg.vector_norm(out - out2, dim=2)
             ratios.append(out_norm / in_norm)

@@ -55,6 +55,7 @@ def base_parser(description, batch_size=128, with_method=True):
     p.add_argument("-results", default="results/results.jsonl", help="JSON-lines file each run appends to")
     p.add_argument("-wandb", default="disabled", choices=["online", "offline", "disabled"],
                    help="mirror the record to Weights & Biases (needs the wandb package)")
+    p.add_argument("-amp", action="store_true", help="bf16 autocast for JiT's forwards and the evaluation")
     p.add_argument("-workers", type=int, default=None, help="data-loader workers (default: 0 on CPU, 4 on GPU)")
     p.add_argument("-retrain_dir", default="checkpoint/retrained",
                    help="retrain runs save their model here; other runs compare with it (JSToRetrain, ActDistToRetrain)")
@@ -103,17 +104,17 @@ def _loader(ds, batch, shuffle, workers, device, seed=0):
                       pin_memory=device.type == "cuda", persistent_workers=False)
 
 
-def _logits(model, ds, workers, device, desc):
+def _logits(model, ds, workers, device, desc, amp=False):
     dl = _loader(ds, EVAL_BATCH, False, workers, device)
-    return metrics.predict(model, progress_bar(dl, desc), device)
+    return metrics.predict(model, progress_bar(dl, desc), device, amp)
 
 
-def evaluate_split(model, train, test, split, batch, workers, device):
+def evaluate_split(model, train, test, split, batch, workers, device, amp=False):
     """Every metric from one forward pass over the train set and one over the test set.
     Accuracies are computed per split in the split's own order, batched by ``batch`` for the
     reference's mean-of-batch accuracy."""
-    logits = {"train": _logits(model, train, workers, device, "eval train"),
-              "test": _logits(model, test, workers, device, "eval test")}
+    logits = {"train": _logits(model, train, workers, device, "eval train", amp),
+              "test": _logits(model, test, workers, device, "eval test", amp)}
 
     def part(name):
         if name == "test":
@@ -255,7 +256,7 @@ def execute(exp, args):
     method_time = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores, forget_logits = evaluate_split(model, exp.train, exp.test, exp.split, args.b, workers, device)
+    scores, forget_logits = evaluate_split(model, exp.train, exp.test, exp.split, args.b, workers, device, args.amp)
     scores.update(_compare_to_retrained(model, forget_logits, exp.subset["forget_train"], args, exp.setting,
                                         exp.forget, exp.num_classes, exp.build_fresh, workers, device))
     if target_df is not None:

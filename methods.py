@@ -126,6 +126,8 @@ def _jit_args(p):
                    help="JiT batch loss: sum over the batch (reference) or mean")
     p.add_argument("-jit_mode", default="as_loaded", choices=MODEL_MODES,
                    help="JiT model mode: as loaded, i.e. train mode with dropout (reference), or eval")
+    p.add_argument("-jit_cpu_noise", action="store_true",
+                   help="draw JiT's noise on the CPU and move it, as the reference (bit-parity on a GPU; slower)")
 
 
 @register("lipschitz_forgetting", zero_shot=True, add_args=_jit_args)
@@ -135,7 +137,8 @@ def lipschitz_forgetting(model, data, args, device):
     return jit_unlearn(model, data.forget_train, args.sigma, args.eta, args.n_samples, device=device,
                        grad=getattr(args, "jit_grad", "accumulate"),
                        reduction=getattr(args, "jit_reduction", "sum"),
-                       mode=getattr(args, "jit_mode", "as_loaded"))
+                       mode=getattr(args, "jit_mode", "as_loaded"),
+                       cpu_noise=getattr(args, "jit_cpu_noise", False), amp=getattr(args, "amp", False))
 
 
 # The paper's other baselines live in their own modules and register themselves here.

@@ -10,16 +10,17 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def predict(model, loader, device=None):
+def predict(model, loader, device=None, amp=False):
     """Logits and model labels of every sample in loader order, in eval mode (the model's
-    previous mode is restored afterwards)."""
+    previous mode is restored afterwards); ``amp`` runs the forwards under bf16 autocast."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     logits, labels = [], []
     try:
         for x, _, y in loader:
-            logits.append(model(x.to(device, non_blocking=True)).float().cpu())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits.append(model(x.to(device, non_blocking=True)).float().cpu())
             labels.append(torch.as_tensor(y))
     finally:
         model.train(was_training)
