@@ -1,1 +1,282 @@
-"""(to be written)"""
+"""Baselines that unlearn by training against a teacher or against wrong labels:
+``blindspot`` (bad teacher), ``amnesiac`` (random relabelling) and ``scrub`` (SCRUB).
+
+Each keeps the model object and trains it in place as the student; teachers are frozen copies.
+"""
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from engine import train_epoch
+from methods import register
+from utils import UserError, progress_bar
+
+# ---- hyperparameters (the reference's values, REFERENCE §6) -------------------------------
+# All three are quick on Digits/SmallCNN (a few seconds each on 2 CPU cores), so no data set
+# gets a reduced budget here.
+BLINDSPOT = dict(
+    retain_frac=0.3,   # share of retain_train distilled from the competent teacher
+    epochs=1,
+    lr=1e-4,           # Adam
+    batch=256,
+    batch_vit=128,
+    temperature=1.0,
+)
+AMNESIAC = dict(epochs=3, lr=1e-4, batch=128)  # Adam, cross-entropy on relabelled forget + retain
+SCRUB = dict(
+    epochs=3,
+    msteps=2,          # max-steps on forget_train only in the first `msteps` epochs
+    temperature=4.0,   # T of the KL; the KL is scaled by T² (as SCRUB's DistillKL)
+    lr=5e-4,           # SGD
+    momentum=0.9,
+    weight_decay=5e-4,
+    alpha=1.0,         # weight of the KL in the min-step
+    gamma=5.0,         # weight of the cross-entropy in the min-step
+)
+
+
+def _option(args, flag, table, key):
+    value = getattr(args, flag, None)
+    return table[key] if value is None else value
+
+
+def _positive(name, value):
+    if not value > 0:
+        raise UserError(f"-{name} must be > 0 (got {value})")
+    return value
+
+
+def _loader_like(loader, dataset, batch, shuffle):
+    """A loader over ``dataset`` with the workers and pinning of an existing loader."""
+    return DataLoader(dataset, batch_size=batch, shuffle=shuffle, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory)
+
+
+def freeze(model):
+    """Eval mode, no gradients: a teacher that never changes."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def distill_kl(student_logits, teacher_logits, temperature=1.0):
+    """KL(softmax(teacher/T) ‖ softmax(student/T)), summed over classes, mean over the batch."""
+    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
+                    F.softmax(teacher_logits / temperature, dim=1), reduction="batchmean")
+
+
+def _targets(ds):
+    """Model labels of a data set: through Subsets down to a ``targets`` array, else by reading
+    every sample."""
+    if isinstance(ds, Subset):
+        return _targets(ds.dataset)[np.asarray(ds.indices)]
+    if hasattr(ds, "targets"):
+        return np.asarray(ds.targets, dtype=np.int64)
+    return np.array([int(ds[i][2]) for i in range(len(ds))], dtype=np.int64)
+
+
+# ---- blindspot ------------------------------------------------------------------------------
+
+class Tagged(Dataset):
+    """(x, tag) pairs: tag 1 marks a forget sample (incompetent teacher), 0 a retain sample."""
+
+    def __init__(self, ds, tag):
+        self.ds, self.tag = ds, tag
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i][0], self.tag
+
+
+def blindspot_set(forget_ds, retain_ds, retain_frac, seed):
+    """All forget samples tagged 1, plus a random ``retain_frac`` of the retain samples
+    (``int(retain_frac * n)``, drawn with a generator seeded by ``seed``) tagged 0."""
+    n = int(retain_frac * len(retain_ds))
+    idx = torch.randperm(len(retain_ds), generator=torch.Generator().manual_seed(seed))[:n]
+    return ConcatDataset([Tagged(forget_ds, 1), Tagged(Subset(retain_ds, idx.tolist()), 0)])
+
+
+def blindspot_loss(student_logits, tags, competent_logits, incompetent_logits, temperature=1.0):
+    """KL(teacher ‖ student) where each sample's teacher is the incompetent one if tagged 1
+    (forget) and the competent one if tagged 0 (retain); mean over the batch."""
+    forget = tags.bool()[:, None]
+    teacher = torch.where(forget, F.softmax(incompetent_logits / temperature, dim=1),
+                          F.softmax(competent_logits / temperature, dim=1))
+    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), teacher, reduction="batchmean")
+
+
+def _blindspot_args(p):
+    p.add_argument("-bt_epochs", type=int, default=None, help="blindspot epochs (default: table, 1)")
+    p.add_argument("-bt_lr", type=float, default=None, help="blindspot Adam learning rate (default: table, 1e-4)")
+
+
+@register("blindspot", add_args=_blindspot_args)
+def blindspot(model, data, args, device):
+    """Bad teacher (Chundawat et al. 2023): the model, as the student, distils from a randomly
+    initialised incompetent teacher on forget samples and from the original model on retain samples.
+    Objective: KL(teacher softmax ‖ student softmax) at T = 1, each sample matched to its teacher.
+    Data: all of forget_train plus a random 30% of retain_train (seeded by -seed), shuffled, batch 256 (128 for ViT).
+    Adam lr 1e-4, 1 epoch; the student in train mode, both teachers frozen in eval mode.
+    The incompetent teacher is ``data.build_fresh()``, built before anything else draws random numbers.
+    KL is the per-sample sum over classes, mean over the batch (the reference averages over classes too, a 1/C
+    scale that Adam cancels).
+    """
+    incompetent = freeze(data.build_fresh()).to(device)
+    competent = freeze(copy.deepcopy(model)).to(device)
+    epochs = _option(args, "bt_epochs", BLINDSPOT, "epochs")
+    if epochs < 1:
+        raise UserError(f"-bt_epochs must be >= 1 (got {epochs})")
+    lr = _positive("bt_lr", _option(args, "bt_lr", BLINDSPOT, "lr"))
+    temperature = BLINDSPOT["temperature"]
+    batch = BLINDSPOT["batch_vit"] if data.net == "ViT" else BLINDSPOT["batch"]
+    ds = blindspot_set(data.forget_train.dataset, data.retain_train.dataset, BLINDSPOT["retain_frac"], args.seed)
+    loader = _loader_like(data.retain_train, ds, batch, shuffle=True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for epoch in range(epochs):
+        for x, tags in progress_bar(loader, f"blindspot {epoch + 1}/{epochs}"):
+            x, tags = x.to(device, non_blocking=True), tags.to(device)
+            with torch.no_grad():
+                good, bad = competent(x), incompetent(x)
+            loss = blindspot_loss(model(x), tags, good, bad, temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model
+
+
+# ---- amnesiac -------------------------------------------------------------------------------
+
+def random_other_labels(labels, num_classes, generator=None):
+    """For every label y a class drawn uniformly from the other ``num_classes - 1`` classes."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    shift = torch.randint(1, num_classes, labels.shape, generator=generator)
+    return (labels + shift) % num_classes
+
+
+class Relabelled(Dataset):
+    """``ds`` with its model labels replaced by ``labels`` (the fine-label slot is kept)."""
+
+    def __init__(self, ds, labels):
+        self.ds, self.labels = ds, torch.as_tensor(labels, dtype=torch.long)
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, fine, _ = self.ds[i]
+        return x, fine, int(self.labels[i])
+
+
+def amnesiac_set(forget_ds, retain_ds, num_classes, generator=None):
+    """Forget samples relabelled with random other classes, followed by the retain samples as they are."""
+    labels = random_other_labels(_targets(forget_ds), num_classes, generator)
+    return ConcatDataset([Relabelled(forget_ds, labels), retain_ds])
+
+
+def _amnesiac_args(p):
+    p.add_argument("-amnesiac_epochs", type=int, default=None, help="amnesiac epochs (default: table, 3)")
+
+
+@register("amnesiac", add_args=_amnesiac_args)
+def amnesiac(model, data, args, device):
+    """Amnesiac unlearning (Graves et al. 2021): cross-entropy training on forget samples relabelled
+    with a random other class, mixed with retain_train.
+    Relabelling: uniform over the classes other than the sample's own model label (in sub-class
+    forgetting that is the coarse label), drawn with a generator seeded by -seed.
+    Data: the relabelled forget set plus all of retain_train, shuffled, batch 128 (whatever -b is).
+    Adam lr 1e-4, 3 epochs, train mode.
+    """
+    if data.num_classes < 2:
+        raise UserError("amnesiac needs at least two classes to relabel into")
+    epochs = _option(args, "amnesiac_epochs", AMNESIAC, "epochs")
+    if epochs < 1:
+        raise UserError(f"-amnesiac_epochs must be >= 1 (got {epochs})")
+    ds = amnesiac_set(data.forget_train.dataset, data.retain_train.dataset, data.num_classes,
+                      torch.Generator().manual_seed(args.seed))
+    loader = _loader_like(data.retain_train, ds, AMNESIAC["batch"], shuffle=True)
+    opt = torch.optim.Adam(model.parameters(), lr=AMNESIAC["lr"])
+    for epoch in range(epochs):
+        train_epoch(model, loader, opt, device, desc=f"amnesiac {epoch + 1}/{epochs}")
+    return model
+
+
+# ---- SCRUB ----------------------------------------------------------------------------------
+
+def scrub_pair(model):
+    """(student, teacher): the student is ``model`` itself, trained in place; the teacher a
+    frozen copy of the original."""
+    return model, freeze(copy.deepcopy(model))
+
+
+def scrub_max_epoch(student, teacher, loader, opt, temperature, device):
+    """One pass of max-steps: ascend T²·KL(teacher ‖ student) on the forget samples."""
+    student.train()
+    for x, _, _ in progress_bar(loader, "scrub max"):
+        x = x.to(device, non_blocking=True)
+        with torch.no_grad():
+            t = teacher(x)
+        loss = -distill_kl(student(x), t, temperature) * temperature ** 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def scrub_min_epoch(student, teacher, loader, opt, temperature, alpha, gamma, device):
+    """One pass of min-steps on the retain samples: γ·CE + α·T²·KL(teacher ‖ student)."""
+    student.train()
+    for x, _, y in progress_bar(loader, "scrub min"):
+        x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
+        with torch.no_grad():
+            t = teacher(x)
+        s = student(x)
+        loss = gamma * F.cross_entropy(s, y) + alpha * distill_kl(s, t, temperature) * temperature ** 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def _scrub_args(p):
+    p.add_argument("-scrub_epochs", type=int, default=None, help="SCRUB epochs (default: table, 3)")
+    p.add_argument("-scrub_msteps", type=int, default=None,
+                   help="SCRUB epochs that start with max-steps on the forget set (default: table, 2)")
+    p.add_argument("-scrub_alpha", type=float, default=None, help="SCRUB weight of the retain KL (default: table, 1)")
+    p.add_argument("-scrub_gamma", type=float, default=None,
+                   help="SCRUB weight of the retain cross-entropy (default: table, 5)")
+
+
+@register("scrub", add_args=_scrub_args)
+def scrub(model, data, args, device):
+    """SCRUB (Kurmanji et al. 2023): the model (student) moves away from a frozen copy of itself
+    (teacher) on forget samples while staying close to it, and correct, on retain samples.
+    Per epoch: if epoch <= msteps (2), max-steps on forget_train: maximise T²·KL(teacher ‖ student);
+    then min-steps on retain_train: γ·CE + α·T²·KL(teacher ‖ student), T = 4, α = 1, γ = 5; 3 epochs.
+    One SGD optimiser (lr 5e-4, momentum 0.9, wd 5e-4) over the student's parameters serves both
+    phases; the teacher never changes (the reference builds its optimiser over another copy in some
+    versions, so there the student it scores never moves).
+    Loaders are the main's: forget_train unshuffled, retain_train shuffled, both batch -b.
+    The student trains in train mode, the teacher is in eval mode; no gradient clipping, no lr decay
+    (the reference's decay epochs lie beyond epoch 3).
+    """
+    epochs = _option(args, "scrub_epochs", SCRUB, "epochs")
+    msteps = _option(args, "scrub_msteps", SCRUB, "msteps")
+    alpha = _option(args, "scrub_alpha", SCRUB, "alpha")
+    gamma = _option(args, "scrub_gamma", SCRUB, "gamma")
+    if epochs < 1 or msteps < 0:
+        raise UserError(f"-scrub_epochs must be >= 1 and -scrub_msteps >= 0 (got {epochs}, {msteps})")
+    student, teacher = scrub_pair(model)
+    teacher.to(device)
+    opt = torch.optim.SGD(student.parameters(), lr=SCRUB["lr"], momentum=SCRUB["momentum"],
+                          weight_decay=SCRUB["weight_decay"])
+    T = SCRUB["temperature"]
+    for epoch in range(1, epochs + 1):
+        if epoch <= msteps:
+            scrub_max_epoch(student, teacher, data.forget_train, opt, T, device)
+        scrub_min_epoch(student, teacher, data.retain_train, opt, T, alpha, gamma, device)
+    return student

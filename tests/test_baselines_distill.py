@@ -1,0 +1,316 @@
+"""blindspot, amnesiac and SCRUB (baselines_distill.py): the behaviour that defines each, on a
+tiny model and synthetic data, then one end-to-end run per main that offers the method."""
+import copy
+import functools
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import describe, run_inprocess
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+import baselines_distill as bd
+from methods import METHODS, UnlearnData
+
+C = 4
+
+
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """The tiny models gain nothing from threads, and on a busy machine every parallel op waits
+    for a free core; the end-to-end runs keep torch's own setting."""
+    if "end_to_end" in request.node.name:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Triples(Dataset):
+    """(image, fine label, model label) like the project's data sets, with a ``targets`` array."""
+
+    def __init__(self, x, y, fine=None):
+        self.x, self.targets = x, y.numpy()
+        self.fine = fine
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        fine = torch.tensor([]) if self.fine is None else int(self.fine[i])
+        return self.x[i], fine, int(self.targets[i])
+
+
+def make_net(seed=None):
+    """The tiny model; seeded if ``seed`` is given, else from torch's default generator."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, C))
+
+
+def make_data(n=96, forget_class=0, seed=1):
+    """A learnable 4-class set: class c has a bright c-th quarter of the image."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % C
+    x = 0.3 * torch.randn(n, 3, 8, 8, generator=g)
+    for c in range(C):
+        x[y == c, :, 2 * c:2 * c + 2] += 1.0
+    train = Triples(x, y)
+    forget = Subset(train, torch.nonzero(y == forget_class).flatten().tolist())
+    retain = Subset(train, torch.nonzero(y != forget_class).flatten().tolist())
+    built = []
+
+    def build_fresh():
+        built.append(make_net())
+        return built[-1]
+
+    data = UnlearnData(
+        forget_train=DataLoader(forget, batch_size=16, shuffle=False),
+        retain_train=DataLoader(retain, batch_size=16, shuffle=True),
+        full_train=DataLoader(train, batch_size=16, shuffle=False),
+        num_classes=C, forget_class=forget_class, setting="fullclass", dataset="Tiny", net="Tiny",
+        build_fresh=build_fresh,
+    )
+    return data, built
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_state():
+    data, _ = make_data()
+    x, y = torch.cat([b[0] for b in data.full_train]), torch.cat([b[2] for b in data.full_train])
+    model = make_net(seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.state_dict()
+
+
+def trained_net():
+    """The tiny model fitted to ``make_data()`` (trained once per session, copied per call)."""
+    model = make_net(seed=0)
+    model.load_state_dict(copy.deepcopy(_trained_state()))
+    return model
+
+
+def args(**kw):
+    base = dict(seed=0, bt_epochs=None, bt_lr=None, amnesiac_epochs=None,
+                scrub_epochs=None, scrub_msteps=None, scrub_alpha=None, scrub_gamma=None)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def same(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+@torch.no_grad()
+def forget_kl(teacher, student, loader, temperature=1.0):
+    """KL(teacher ‖ student) over every forget sample, mean over samples, both in eval mode."""
+    teacher.eval()
+    student.eval()
+    x = torch.cat([b[0] for b in loader])
+    return bd.distill_kl(student(x), teacher(x), temperature).item()
+
+
+# ---- SCRUB ----------------------------------------------------------------------------------
+
+def test_scrub_trains_the_student_and_never_the_teacher(monkeypatch):
+    data, _ = make_data()
+    model = trained_net()
+    before = params(model)
+    pairs, scrub_pair = [], bd.scrub_pair
+
+    def capture(m):
+        pairs.append(scrub_pair(m))
+        return pairs[-1]
+
+    monkeypatch.setattr(bd, "scrub_pair", capture)
+    out = bd.scrub(model, data, args(), torch.device("cpu"))
+    (student, teacher), = pairs
+    assert out is student is model and teacher is not student
+    assert not same(params(student), before)
+    assert same(params(teacher), before)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+def test_scrub_max_steps_only_in_the_first_msteps_epochs(monkeypatch):
+    data, _ = make_data()
+    calls = []
+    monkeypatch.setattr(bd, "scrub_max_epoch", lambda s, t, loader, *a: calls.append(("max", loader)))
+    monkeypatch.setattr(bd, "scrub_min_epoch", lambda s, t, loader, *a: calls.append(("min", loader)))
+    bd.scrub(make_net(seed=0), data, args(scrub_epochs=4, scrub_msteps=2), torch.device("cpu"))
+    f, r = data.forget_train, data.retain_train
+    assert calls == [("max", f), ("min", r), ("max", f), ("min", r), ("min", r), ("min", r)]
+
+
+def _perturbed_pair(data):
+    student, teacher = bd.scrub_pair(trained_net())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return student, teacher
+
+
+def test_scrub_max_epoch_increases_forget_kl_to_the_teacher():
+    data, _ = make_data()
+    torch.manual_seed(0)
+    student, teacher = _perturbed_pair(data)
+    kl0 = forget_kl(teacher, student, data.forget_train, bd.SCRUB["temperature"])
+    opt = torch.optim.SGD(student.parameters(), lr=0.01)
+    bd.scrub_max_epoch(student, teacher, data.forget_train, opt, bd.SCRUB["temperature"], "cpu")
+    kl1 = forget_kl(teacher, student, data.forget_train, bd.SCRUB["temperature"])
+    assert kl1 > kl0 > 0
+
+
+def test_scrub_min_epoch_with_kl_only_decreases_kl_to_the_teacher():
+    """The min-step is the max-step's opposite: same KL, descended."""
+    data, _ = make_data()
+    torch.manual_seed(0)
+    student, teacher = _perturbed_pair(data)
+    kl0 = forget_kl(teacher, student, data.forget_train, bd.SCRUB["temperature"])
+    opt = torch.optim.SGD(student.parameters(), lr=0.01)
+    bd.scrub_min_epoch(student, teacher, data.forget_train, opt, bd.SCRUB["temperature"], 1.0, 0.0, "cpu")
+    assert forget_kl(teacher, student, data.forget_train, bd.SCRUB["temperature"]) < kl0
+
+
+def test_distill_kl_matches_the_definition():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, C, generator=g), torch.randn(5, C, generator=g)
+    T = 4.0
+    p, q = F.softmax(t / T, 1), F.softmax(s / T, 1)
+    expected = (p * (p.log() - q.log())).sum(1).mean()
+    assert bd.distill_kl(s, t, T).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ---- blindspot ------------------------------------------------------------------------------
+
+def test_blindspot_incompetent_teacher_is_a_fresh_frozen_model():
+    data, built = make_data()
+    model = trained_net()
+    torch.manual_seed(5)
+    bd.blindspot(model, data, args(), torch.device("cpu"))
+    teacher, = built
+    torch.manual_seed(5)
+    fresh = params(data.build_fresh())
+    assert same(params(teacher), fresh)  # randomly initialised, and unchanged by the run
+    assert not same(params(teacher), params(model))
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+def test_blindspot_moves_the_student_toward_the_incompetent_teacher_on_forget_samples():
+    data, built = make_data()
+    model = trained_net()
+    original = copy.deepcopy(model)
+    bd.blindspot(model, data, args(bt_epochs=3), torch.device("cpu"))
+    bad, = built
+    assert forget_kl(bad, model, data.forget_train) < forget_kl(bad, original, data.forget_train)
+
+
+def test_blindspot_loss_matches_each_sample_to_its_teacher():
+    g = torch.Generator().manual_seed(0)
+    s, good, bad = (torch.randn(6, C, generator=g) for _ in range(3))
+    tags = torch.tensor([1, 0, 0, 1, 1, 0])
+    expected = sum(F.kl_div(F.log_softmax(s[i:i + 1], 1), F.softmax((bad if tags[i] else good)[i:i + 1], 1),
+                            reduction="sum") for i in range(6)) / 6
+    assert bd.blindspot_loss(s, tags, good, bad).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_blindspot_set_is_all_forget_samples_and_a_seeded_30_percent_of_retain():
+    data, _ = make_data()
+    forget, retain = data.forget_train.dataset, data.retain_train.dataset
+    ds = bd.blindspot_set(forget, retain, 0.3, seed=3)
+    tags = [ds[i][1] for i in range(len(ds))]
+    assert tags.count(1) == len(forget) and tags.count(0) == int(0.3 * len(retain))
+    xs = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert torch.equal(xs[:len(forget)], torch.stack([forget[i][0] for i in range(len(forget))]))
+    picked = xs[len(forget):]
+    assert len(torch.unique(picked.flatten(1), dim=0)) == len(picked)  # no retain sample twice
+    again = bd.blindspot_set(forget, retain, 0.3, seed=3)
+    assert torch.equal(picked, torch.stack([again[i][0] for i in range(len(forget), len(again))]))
+
+
+# ---- amnesiac -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("classes", [2, 5, 20])
+def test_random_other_labels_never_keep_the_true_label_and_reach_every_other(classes):
+    true = torch.arange(20000) % classes
+    new = bd.random_other_labels(true, classes, torch.Generator().manual_seed(0))
+    assert not (new == true).any()
+    assert new.min() >= 0 and new.max() < classes
+    for c in range(classes):
+        counts = torch.bincount(new[true == c], minlength=classes).float()
+        others = torch.cat([counts[:c], counts[c + 1:]])
+        assert counts[c] == 0 and (others > 0).all()
+        assert (others / others.sum() - 1 / (classes - 1)).abs().max() < 0.05  # uniform
+
+
+def test_amnesiac_set_relabels_forget_and_keeps_retain_unchanged():
+    """Labels are model labels: with a fine label in the middle slot (sub-class), the model
+    label is what gets replaced, and the fine label rides along."""
+    g = torch.Generator().manual_seed(0)
+    fine = torch.randint(0, 2 * C, (64,), generator=g)
+    base = Triples(torch.randn(64, 3, 8, 8, generator=g), fine // 2, fine=fine)
+    forget = Subset(base, torch.nonzero(fine == 3).flatten().tolist())
+    retain = Subset(base, torch.nonzero(fine != 3).flatten().tolist())
+    ds = bd.amnesiac_set(forget, retain, C, torch.Generator().manual_seed(1))
+    assert len(ds) == len(forget) + len(retain)
+    for i in range(len(forget)):
+        (x, f, y), (x0, f0, y0) = ds[i], forget[i]
+        assert torch.equal(x, x0) and f == f0 == 3 and y0 == 1 and y != y0 and 0 <= y < C
+    for i in range(len(retain)):
+        got, want = ds[len(forget) + i], retain[i]
+        assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
+
+
+def test_amnesiac_trains_away_from_the_true_labels_of_forget_samples():
+    data, _ = make_data()
+    model = trained_net()
+    x = torch.cat([b[0] for b in data.forget_train])
+    y = torch.full((len(x),), data.forget_class)
+    with torch.no_grad():
+        before = F.cross_entropy(model.eval()(x), y)
+    bd.amnesiac(model, data, args(amnesiac_epochs=5), torch.device("cpu"))
+    with torch.no_grad():
+        assert F.cross_entropy(model.eval()(x), y) > before
+
+
+# ---- end to end -----------------------------------------------------------------------------
+
+MAINS = {
+    "full": lambda w, w5: ["forget_full_class_main.py", "-dataset", "Digits", "-classes", "10",
+                           "-forget_class", "3", "-weight_path", w],
+    "sub": lambda w, w5: ["forget_sub_class_main.py", "-dataset", "Digits5", "-superclasses", "5",
+                          "-subclasses", "10", "-forget_class", "3", "-weight_path", w5],
+    "random": lambda w, w5: ["forget_random_main.py", "-dataset", "Digits", "-classes", "10",
+                             "-forget_perc", "0.05", "-weight_path", w],
+}
+SETTING = {"full": "fullclass", "sub": "subclass", "random": "random"}
+# One epoch each keeps the nine runs short; blindspot's table budget is one epoch already, and
+# SCRUB's single epoch still has both a max and a min phase.
+SHORT = {"blindspot": [], "amnesiac": ["-amnesiac_epochs", "1"], "scrub": ["-scrub_epochs", "1", "-scrub_msteps", "1"]}
+
+
+@pytest.mark.parametrize("method", ["blindspot", "amnesiac", "scrub"])
+@pytest.mark.parametrize("main", list(MAINS))
+def test_method_runs_end_to_end(main, method, smallcnn_ckpt, smallcnn5_ckpt, tmp_path):
+    assert method in METHODS
+    results = tmp_path / "r.jsonl"
+    cmd = [*MAINS[main](smallcnn_ckpt, smallcnn5_ckpt), "-net", "SmallCNN", "-method", method,
+           "-seed", "0", "-results", str(results), *SHORT[method]]
+    proc = run_inprocess(cmd)
+    assert proc.returncode == 0, describe(proc)
+    rec, = [json.loads(line) for line in results.read_text().splitlines()]
+    assert (rec["method"], rec["setting"]) == (method, SETTING[main])
+    assert 0 <= rec["MIA"] <= 1 and rec["MethodTime"] > 0
+    assert all(rec["args"][flag.lstrip("-")] == int(v) for flag, v in zip(SHORT[method][::2], SHORT[method][1::2]))
