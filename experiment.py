@@ -229,7 +229,8 @@ def prepare(args, setting, num_classes, target_id, split_fn):
     data = UnlearnData(
         forget_train=_loader(subset["forget_train"], args.b, False, workers, device),
         retain_train=_loader(subset["retain_train"], args.b, True, workers, device, args.seed),
-        full_train=_loader(Subset(train, np.concatenate([split["forget_train"][1], split["retain_train"][1]])),
+        # retain then forget, as the reference concatenates them (SSD's batches depend on it)
+        full_train=_loader(Subset(train, np.concatenate([split["retain_train"][1], split["forget_train"][1]])),
                            args.b, False, workers, device),
         num_classes=num_classes, forget_class=target_id, setting=setting, dataset=args.dataset, net=args.net,
         build_fresh=build_fresh,
