@@ -40,7 +40,8 @@ class UnlearnData:
     retain_train: Optional[DataLoader]  # shuffled, batch -b; None for zero-shot methods
     full_train: Optional[DataLoader]    # forget + retain, not shuffled; None for zero-shot methods
     num_classes: int
-    forget_class: Optional[int]         # model label of the forgotten class (None: random setting)
+    forget_class: Optional[int]         # forget label id: a model class (full class), a fine class
+                                        # (sub-class: not a model output), None (random setting)
     setting: str                        # "fullclass", "subclass" or "random"
     dataset: str
     net: str
