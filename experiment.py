@@ -251,7 +251,10 @@ def execute(exp, args):
     # (every DataLoader iterator, for instance, takes a number from the default generator).
     seed_everything(args.seed)
     t0 = time.perf_counter()
-    model = method.fn(model, data, args, device)
+    try:
+        model = method.fn(model, data, args, device)
+    except FloatingPointError as e:
+        raise UserError(f"{args.method} diverged ({e}); nothing was recorded") from None
     if device.type == "cuda":
         torch.cuda.synchronize()
     method_time = time.perf_counter() - t0

@@ -17,15 +17,16 @@ from Lipschitz import GRAD_MODES, MODEL_MODES, REDUCTIONS, jit_unlearn
 # ---- hyperparameters (the reference's values) -------------------------------------------
 # retrain: SGD (momentum 0.9, wd 5e-4), ×0.2 at the milestones (epochs), linear warm-up over
 # the first epoch. Digits* rows are this project's CPU budget, not the reference's: 20 epochs
-# at lr 0.1, since the reference's lr 0.01 leaves a from-scratch SmallCNN at ~60% there.
+# at lr 0.05, since the reference's lr 0.01 leaves a from-scratch SmallCNN at ~60% there
+# (lr 0.1 reaches more but made the head-only retrain diverge).
 RETRAIN = dict(momentum=0.9, weight_decay=5e-4, gamma=0.2, warm_epochs=1)
 RETRAIN_SCHEDULE = {  # dataset -> (epochs, milestones, lr)
     "Cifar100": (200, (60, 120, 160), 0.01),
     "Cifar20": (40, (15, 30, 35), 0.01),
     "Cifar10": (20, (8, 12, 16), 0.01),
     "PinsFaceRecognition": (200, (60, 120, 160), 0.01),
-    "Digits": (20, (10, 15), 0.1),
-    "Digits5": (20, (10, 15), 0.1),
+    "Digits": (20, (10, 15), 0.05),
+    "Digits5": (20, (10, 15), 0.05),
 }
 RETRAIN_EPOCHS_VIT = {"Cifar10": 8, "Cifar20": 9, "Cifar100": 8}
 # finetune: 5 epochs on retain_train, SGD lr 0.02, momentum 0.9, wd 5e-4 (constant lr).
