@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -116,6 +117,47 @@ def smallcnn_ckpt(checkpoints):
 def smallcnn5_ckpt(checkpoints):
     """SmallCNN, 5 classes, pretrained on Digits5 (model label = digit // 2)."""
     return checkpoints["Digits5"]
+
+
+# ---- shared by the baseline tests -----------------------------------------------------------
+
+class Triples(torch.utils.data.Dataset):
+    """(image, fine label, model label) like the project's data sets, with a ``targets`` array."""
+
+    def __init__(self, x, y, fine=None):
+        self.x, self.targets, self.fine = x, y.numpy(), fine
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        fine = torch.tensor([]) if self.fine is None else int(self.fine[i])
+        return self.x[i], fine, int(self.targets[i])
+
+
+@pytest.fixture
+def one_thread(request):
+    """The tiny models gain nothing from threads, and on a busy machine every parallel op waits
+    for a free core; the end-to-end runs keep torch's own setting."""
+    if "end_to_end" in request.node.name:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# The three mains on Digits, as (checkpoint 10-way, checkpoint Digits5) -> command head.
+MAINS = {
+    "full": lambda w, w5: ["forget_full_class_main.py", "-dataset", "Digits", "-classes", "10",
+                           "-forget_class", "3", "-weight_path", w],
+    "sub": lambda w, w5: ["forget_sub_class_main.py", "-dataset", "Digits5", "-superclasses", "5",
+                          "-subclasses", "10", "-forget_class", "3", "-weight_path", w5],
+    "random": lambda w, w5: ["forget_random_main.py", "-dataset", "Digits", "-classes", "10",
+                             "-forget_perc", "0.05", "-weight_path", w],
+}
+SETTING = {"full": "fullclass", "sub": "subclass", "random": "random"}
 
 
 # ---- tiny CIFAR files ---------------------------------------------------------------------

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import describe, run_inprocess
+from conftest import MAINS, SETTING, Triples, describe, run_inprocess
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 import baselines_distill as bd
 from methods import METHODS, UnlearnData
@@ -18,32 +18,9 @@ from methods import METHODS, UnlearnData
 C = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread(request):
-    """The tiny models gain nothing from threads, and on a busy machine every parallel op waits
-    for a free core; the end-to-end runs keep torch's own setting."""
-    if "end_to_end" in request.node.name:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Triples(Dataset):
-    """(image, fine label, model label) like the project's data sets, with a ``targets`` array."""
-
-    def __init__(self, x, y, fine=None):
-        self.x, self.targets = x, y.numpy()
-        self.fine = fine
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        fine = torch.tensor([]) if self.fine is None else int(self.fine[i])
-        return self.x[i], fine, int(self.targets[i])
 
 
 def make_net(seed=None):
@@ -287,15 +264,6 @@ def test_amnesiac_trains_away_from_the_true_labels_of_forget_samples():
 
 # ---- end to end -----------------------------------------------------------------------------
 
-MAINS = {
-    "full": lambda w, w5: ["forget_full_class_main.py", "-dataset", "Digits", "-classes", "10",
-                           "-forget_class", "3", "-weight_path", w],
-    "sub": lambda w, w5: ["forget_sub_class_main.py", "-dataset", "Digits5", "-superclasses", "5",
-                          "-subclasses", "10", "-forget_class", "3", "-weight_path", w5],
-    "random": lambda w, w5: ["forget_random_main.py", "-dataset", "Digits", "-classes", "10",
-                             "-forget_perc", "0.05", "-weight_path", w],
-}
-SETTING = {"full": "fullclass", "sub": "subclass", "random": "random"}
 # One epoch each keeps the nine runs short; blindspot's table budget is one epoch already, and
 # SCRUB's single epoch still has both a max and a min phase.
 SHORT = {"blindspot": [], "amnesiac": ["-amnesiac_epochs", "1"], "scrub": ["-scrub_epochs", "1", "-scrub_msteps", "1"]}

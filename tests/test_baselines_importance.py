@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import describe, run_inprocess
+from conftest import MAINS, SETTING, describe, run_inprocess
 from torch.utils.data import DataLoader
 
 import baselines_importance as bi
@@ -19,15 +19,7 @@ from utils import UserError
 C = 5  # classes of the tiny model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine every thread
-    hand-off can cost far more than the work. (Module fixtures, the end-to-end runs, keep
-    torch's default.)"""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed=0):
@@ -299,15 +291,6 @@ def test_fisher_budget_uses_a_seeded_subset_of_retain(monkeypatch):
 
 # ---- end to end ---------------------------------------------------------------------------
 
-MAINS = {
-    "full": lambda w, w5: ["forget_full_class_main.py", "-dataset", "Digits", "-classes", "10",
-                           "-forget_class", "3", "-weight_path", w],
-    "sub": lambda w, w5: ["forget_sub_class_main.py", "-dataset", "Digits5", "-superclasses", "5",
-                          "-subclasses", "10", "-forget_class", "3", "-weight_path", w5],
-    "random": lambda w, w5: ["forget_random_main.py", "-dataset", "Digits", "-classes", "10",
-                             "-forget_perc", "0.05", "-weight_path", w],
-}
-SETTING = {"full": "fullclass", "sub": "subclass", "random": "random"}
 CASES = [(m, main) for m in ("ssd_tuning", "lfssd_tuning", "FisherForgetting") for main in MAINS]
 
 

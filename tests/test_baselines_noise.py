@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import describe, run_inprocess
+from conftest import Triples, describe, run_inprocess
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import baselines_noise as bn
 import models
@@ -20,31 +20,9 @@ C = 3  # classes of the tiny models
 SHAPE = (3, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread(request):
-    """The tiny models gain nothing from threads, and on a busy machine every parallel op waits
-    for a free core; the end-to-end runs keep torch's own setting."""
-    if "end_to_end" in request.node.name:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Triples(Dataset):
-    """(image, fine label, model label) like the project's data sets, with a ``targets`` array."""
-
-    def __init__(self, x, y, fine=None):
-        self.x, self.targets, self.fine = x, y.numpy(), fine
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        fine = torch.tensor([]) if self.fine is None else int(self.fine[i])
-        return self.x[i], fine, int(self.targets[i])
 
 
 def make_net(seed=0, forget_bias=None):
