@@ -3,8 +3,7 @@ plus their one-line errors on bad input. Results and checkpoints live under tmp 
 
 Module fixtures run the scripts once; each test then checks one behaviour of the finished
 runs. The bad-input cases run in this interpreter (runpy, as __main__: no 3-4 s torch import
-per case); a few of them also run as real subprocesses. Set JIT_SLOW_TESTS=1 to include
-finetune (~40 s).
+per case); a few of them also run as real subprocesses.
 """
 import json
 import os
@@ -12,7 +11,7 @@ import re
 
 import pytest
 import torch
-from conftest import describe, run_inprocess, run_script, run_scripts
+from conftest import describe, run_inprocess, run_scripts
 
 import datasets
 import forget_full_class_main
@@ -132,15 +131,6 @@ def test_same_seed_gives_identical_metrics(full_runs, first, second):
     assert p2.returncode == 0, describe(p2)
     a, b = only_record(r1), only_record(r2)
     assert {k: a[k] for k in METRICS} == {k: b[k] for k in METRICS}
-
-
-@pytest.mark.skipif(not os.environ.get("JIT_SLOW_TESTS"), reason="finetune runs ~40 s; set JIT_SLOW_TESTS=1")
-def test_finetune_run_appends_record(smallcnn_ckpt, tmp_path):
-    results = tmp_path / "r.jsonl"
-    proc = run_script(full_cmd(smallcnn_ckpt, results, "finetune"))
-    assert proc.returncode == 0, describe(proc)
-    rec = only_record(results)
-    assert rec["method"] == "finetune" and not RECORD_KEYS - set(rec)
 
 
 # ---- -skip_existing -----------------------------------------------------------------------
