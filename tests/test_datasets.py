@@ -343,3 +343,28 @@ def test_digits5_model_label_is_digit_pair(digits):
     assert np.array_equal(d5.targets, train.targets // 2)
     _, fine, y = d5[5]
     assert fine == train.targets[5] and y == train.targets[5] // 2
+
+
+# ---- Pins (ImageFolder of photos) -----------------------------------------------------------
+
+def test_pins_imagefolder_loads_and_splits_per_person(tmp_path):
+    folder = tmp_path / "105_classes_pins_dataset"
+    rng = np.random.default_rng(0)
+    for person in ("pins_A", "pins_B", "pins_C"):
+        (folder / person).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (40 + i, 30, 3), dtype=np.uint8)).save(folder / person / f"{i}.jpg")
+    (folder / "pins_A" / "notes.txt").write_text("not an image")
+    train = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True, size=32)
+    test = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=False, size=32)
+    assert len(train) + len(test) == 30 and len(test) == 6
+    assert sorted(np.bincount(test.targets).tolist()) == [2, 2, 2]  # 80/20 within each person
+    assert not set(train.paths) & set(test.paths)
+    x, fine, y = train[0]
+    assert x.shape == (3, 32, 32) and fine.numel() == 0 and y == train.targets[0]
+    assert datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=False, size=32).paths == test.paths
+
+
+def test_pins_missing_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="105_classes_pins_dataset"):
+        datasets.load_dataset("PinsFaceRecognition", str(tmp_path))
