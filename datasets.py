@@ -96,7 +96,7 @@ class FileImages(ArrayImages):
         from PIL import Image
 
         with Image.open(self.paths[i]) as im:
-            return np.asarray(im.convert("RGB").resize((self.side, self.side), Image.BILINEAR))
+            return np.array(im.convert("RGB").resize((self.side, self.side), Image.BILINEAR))
 
 
 def _missing(folder, files, what):
