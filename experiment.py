@@ -295,6 +295,16 @@ def run(args, setting, num_classes, target_id, split_fn):
     return execute(prepare(args, setting, num_classes, target_id, split_fn), args)
 
 
+def task_main(task):
+    """The whole of a forget_*_main.py: its module supplies the docstring, BATCH, JIT,
+    SETTING, add_task_args(parser) and task(args) -> (classes, forget id, split function)."""
+    p = base_parser(task.__doc__.splitlines()[0], batch_size=task.BATCH)
+    task.add_task_args(p)
+    args = p.parse_args()
+    resolve_jit(args, task.JIT)
+    run(args, task.SETTING, *task.task(args))
+
+
 def _compare_to_retrained(model, forget_logits, forget_train, args, setting, forget, num_classes, build_fresh,
                           workers, device):
     """A retrain run saves its model; any other run compares its forget-set outputs with the

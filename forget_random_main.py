@@ -3,8 +3,10 @@
 python forget_random_main.py -net VGG16 -dataset Cifar10 -classes 10 -gpu \
     -method lipschitz_forgetting -forget_perc 0.00165 -weight_path W.pth -seed 0
 """
+import sys
+
 import datasets
-from experiment import base_parser, resolve_jit, run
+from experiment import task_main
 from utils import UserError, cli
 
 # JiT hyperparameters for this task (see forget_full_class_main.py).
@@ -31,13 +33,5 @@ def task(args):
     return args.classes, None, lambda tr, te: datasets.split_random(tr, te, args.forget_perc, args.seed)
 
 
-def main():
-    p = base_parser(__doc__.splitlines()[0], batch_size=BATCH)
-    add_task_args(p)
-    args = p.parse_args()
-    resolve_jit(args, JIT)
-    run(args, SETTING, *task(args))
-
-
 if __name__ == "__main__":
-    cli(main)
+    cli(lambda: task_main(sys.modules[__name__]))

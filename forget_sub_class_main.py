@@ -3,8 +3,10 @@
 python forget_sub_class_main.py -net VGG16 -dataset Cifar20 -superclasses 20 -subclasses 100 -gpu \
     -method lipschitz_forgetting -forget_class rocket -weight_path W.pth -seed 0
 """
+import sys
+
 import datasets
-from experiment import base_parser, resolve_jit, run
+from experiment import task_main
 from utils import UserError, cli
 
 # JiT hyperparameters for this task (see forget_full_class_main.py).
@@ -33,13 +35,5 @@ def task(args):
     return args.superclasses, cls, lambda tr, te: datasets.split_sub_class(tr, te, cls)
 
 
-def main():
-    p = base_parser(__doc__.splitlines()[0], batch_size=BATCH)
-    add_task_args(p)
-    args = p.parse_args()
-    resolve_jit(args, JIT)
-    run(args, SETTING, *task(args))
-
-
 if __name__ == "__main__":
-    cli(main)
+    cli(lambda: task_main(sys.modules[__name__]))
