@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 import datasets
 import metrics
-from methods import METHODS, UnlearnData
+from methods import METHODS, RETRAIN_METHODS, UnlearnData
 from models import MODELS, build_model, input_size
 from utils import (
     Parser,
@@ -164,9 +164,6 @@ def relearn_steps(model, forget_loader, forget_valid, target, max_steps, workers
             if steps >= max_steps:
                 break
     return None
-
-
-RETRAIN_METHODS = ("retrain_full", "retrain")  # the reference model for the *ToRetrain metrics, in preference order
 
 
 def retrain_checkpoint(args, setting, forget, method):

@@ -94,6 +94,10 @@ def _train_on_retain(model, data, args, device, desc):
     return model
 
 
+# The retrained models other runs are compared with, in order of preference.
+RETRAIN_METHODS = ("retrain_full", "retrain")
+
+
 @register("retrain")
 def retrain(model, data, args, device):
     """The reference's retrain: re-initialise only the top-level child modules that have

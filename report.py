@@ -13,13 +13,13 @@ import math
 import os
 from collections import OrderedDict
 
+from methods import RETRAIN_METHODS
 from utils import Parser, UserError, cli, read_records
 
 COLUMNS = [("Dr", "RetainTestAcc", "{:.2f}"), ("Df", "Df", "{:.2f}"), ("MIA", "MIA", "{:.3f}"),
            ("Test", "TestAcc", "{:.2f}"), ("time (s)", "MethodTime", "{:.2f}")]
 GAPS = [("ΔDr", "RetainTestAcc", "{:+.2f}"), ("ΔDf", "Df", "{:+.2f}"), ("ΔMIA", "MIA", "{:+.3f}")]
 EXTRA = [("MIA AUC", "MIAEntropyAUC", "{:.3f}"), ("JS→retrain", "JSToRetrain", "{:.4f}")]
-RETRAIN_METHODS = ("retrain_full", "retrain")
 PARITY = {"jit_grad": "accumulate", "jit_reduction": "sum", "jit_mode": "as_loaded"}
 
 
@@ -46,7 +46,7 @@ def label(r):
     return "JiT " + ", ".join([f"σ={r['sigma']:g}", f"η={r['eta']:g}"] + switches)
 
 
-def _target(r):
+def target_key(r):
     return (r["setting"], r["dataset"], r["net"], str(r.get("forget")), r.get("seed"))
 
 
@@ -56,7 +56,7 @@ def retrain_index(records):
     for name in reversed(RETRAIN_METHODS):
         for r in records:
             if r["method"] == name:
-                index[_target(r)] = r
+                index[target_key(r)] = r
     return index
 
 
@@ -71,7 +71,7 @@ def summarise(records):
         for name, key, spec in COLUMNS + EXTRA:
             row[name] = fmt([float(r[key]) for r in rs if r.get(key) is not None], spec)
         for name, key, spec in GAPS:
-            pairs = [(r, gold[_target(r)]) for r in rs if _target(r) in gold]
+            pairs = [(r, gold[target_key(r)]) for r in rs if target_key(r) in gold]
             row[name] = fmt([float(r[key]) - float(g[key]) for r, g in pairs], spec)
         rows.append(row)
     return rows

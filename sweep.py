@@ -19,6 +19,7 @@ import forget_random_main
 import forget_sub_class_main
 from experiment import base_parser, execute, prepare, resolve_jit, run_identity
 from Lipschitz import GRAD_MODES, MODEL_MODES, REDUCTIONS
+from report import retrain_index, target_key
 from utils import Parser, UserError, cli, read_records
 
 MAINS = {m.SETTING: m for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
@@ -140,10 +141,8 @@ def main(argv=None):
         return execute(exp, a)
 
     baseline = point(method="baseline")
-    retrain = next((r for r in read_records(args.results) if r["method"] in ("retrain_full", "retrain")
-                    and r["setting"] == setting and r["dataset"] == args.dataset and r["net"] == args.net
-                    and str(r["forget"]) == str(exp.forget) and r["seed"] == args.seed), None)
-    retrain = retrain or point(method="retrain_full")
+    key = target_key(dict(setting=setting, dataset=args.dataset, net=args.net, forget=exp.forget, seed=args.seed))
+    retrain = retrain_index(read_records(args.results)).get(key) or point(method="retrain_full")
 
     combos = (list(itertools.product(GRAD_MODES, REDUCTIONS, MODEL_MODES)) if args.all_switches
               else [(args.jit_grad, args.jit_reduction, args.jit_mode)])
