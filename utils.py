@@ -2,6 +2,7 @@
 and result records."""
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import pickle
@@ -112,16 +113,27 @@ def atomic_save(obj, path):
 
 
 def append_record(path, record):
-    """Append one JSON line. The line is written with a single write() on a file opened in
-    append mode, so concurrent writers never interleave inside a line."""
+    """Append one JSON line: a whole line or nothing, never over what is there.
+
+    The file is opened in append mode and held under an exclusive lock (``flock``) while the
+    line is written, so concurrent writers (a grid on several GPUs) never interleave. If a
+    writer was killed inside a write and left a torn last line, the new line starts on a
+    line of its own (``read_records`` skips the torn one)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     line = (json.dumps(record, sort_keys=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock
 
 
 def read_records(path):
