@@ -2,6 +2,7 @@
 load data and model -> split -> run the method -> evaluate -> record."""
 import copy
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -31,6 +32,18 @@ from utils import (
 )
 
 EVAL_BATCH = 512  # forward batch for evaluation; the reported accuracies do not depend on it
+
+
+class Diverged(FloatingPointError):
+    """The unlearned model has non-finite weights or outputs: its metrics would be noise."""
+
+
+def check_finite(model):
+    """Raise Diverged if a floating-point parameter or buffer of ``model`` is NaN or infinite."""
+    bad = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise Diverged(f"non-finite weights in {len(bad)} tensor(s), first {bad[0]}")
 
 
 def base_parser(description, batch_size=128, with_method=True):
@@ -115,6 +128,10 @@ def evaluate_split(model, train, test, split, batch, workers, device, amp=False)
     reference's mean-of-batch accuracy."""
     logits = {"train": _logits(model, train, workers, device, "eval train", amp),
               "test": _logits(model, test, workers, device, "eval test", amp)}
+    for name, (lg, _) in logits.items():
+        bad = int((~torch.isfinite(lg)).any(1).sum())
+        if bad:
+            raise Diverged(f"non-finite outputs on {bad} of {len(lg)} {name} images")
 
     def part(name):
         if name == "test":
@@ -237,7 +254,9 @@ def prepare(args, setting, num_classes, target_id, split_fn):
 
 
 def execute(exp, args):
-    """Run ``args.method`` on ``exp.model`` (in place), evaluate, append and return the record."""
+    """Run ``args.method`` on ``exp.model`` (in place), evaluate, append and return the record.
+    A method that diverges (a non-finite loss, weights or outputs) is still recorded, with
+    ``diverged`` true, the reason, and no metrics, and a warning is printed."""
     method = METHODS[args.method]
     data = exp.data.without_retain() if method.zero_shot else exp.data
     model, device, workers = exp.model, exp.device, exp.workers
@@ -245,29 +264,45 @@ def execute(exp, args):
     target_df = _exact_accuracy(model, forget_valid, workers, device) if args.relearn_max_steps > 0 else None
 
     # Reseed so the method's random draws depend on the seed alone, not on what ran before
-    # (every DataLoader iterator, for instance, takes a number from the default generator).
+    # (every DataLoader iterator, for instance, takes a number from the default generator;
+    # the shuffled retain loader's order comes from its own generator).
     seed_everything(args.seed)
+    for loader in (exp.data.forget_train, exp.data.retain_train, exp.data.full_train):
+        if loader.generator is not None:
+            loader.generator.manual_seed(args.seed)
     t0 = time.perf_counter()
+    diverged = None
     try:
         model = method.fn(model, data, args, device)
     except FloatingPointError as e:
-        raise UserError(f"{args.method} diverged ({e}); nothing was recorded") from None
+        diverged = str(e)
     if device.type == "cuda":
         torch.cuda.synchronize()
     method_time = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores, forget_logits = evaluate_split(model, exp.train, exp.test, exp.split, args.b, workers, device, args.amp)
-    scores.update(_compare_to_retrained(model, forget_logits, exp.subset["forget_train"], args, exp.setting,
-                                        exp.forget, exp.num_classes, exp.build_fresh, workers, device))
-    if target_df is not None:
-        scores["RelearnSteps"] = relearn_steps(model, data.forget_train, forget_valid, target_df,
-                                               args.relearn_max_steps, workers, device)
+    scores = {}
+    if diverged is None:
+        try:
+            check_finite(model)
+            scores, forget_logits = evaluate_split(model, exp.train, exp.test, exp.split, args.b, workers, device,
+                                                   args.amp)
+        except Diverged as e:
+            diverged = str(e)
+    if diverged is None:
+        scores.update(_compare_to_retrained(model, forget_logits, exp.subset["forget_train"], args, exp.setting,
+                                            exp.forget, exp.num_classes, exp.build_fresh, workers, device))
+        if target_df is not None:
+            scores["RelearnSteps"] = relearn_steps(model, data.forget_train, forget_valid, target_df,
+                                                   args.relearn_max_steps, workers, device)
     eval_time = time.perf_counter() - t0
 
     record = dict(setting=exp.setting, dataset=args.dataset, net=args.net, method=args.method,
                   forget=exp.forget, forget_id=exp.target_id, seed=args.seed,
-                  sigma=args.sigma, eta=args.eta, n_samples=args.n_samples, weight_path=args.weight_path)
+                  sigma=args.sigma, eta=args.eta, n_samples=args.n_samples, weight_path=args.weight_path,
+                  diverged=diverged is not None)
+    if diverged is not None:
+        record["diverged_reason"] = diverged
     record.update(scores)
     record.update(
         MethodTime=method_time, EvalTime=eval_time,
@@ -278,8 +313,12 @@ def execute(exp, args):
     )
     append_record(args.results, record)
     _mirror_to_wandb(args, record)
-    print(f"{args.method}: Dr {scores['RetainTestAcc']:.2f}  Df {scores['Df']:.2f}  MIA {scores['MIA']:.3f}  "
-          f"TestAcc {scores['TestAcc']:.2f}  method {method_time:.2f}s  eval {eval_time:.2f}s -> {args.results}")
+    if diverged is not None:
+        print(f"warning: {args.method} diverged ({diverged}); recorded with diverged=true and no metrics "
+              f"-> {args.results}", file=sys.stderr)
+    else:
+        print(f"{args.method}: Dr {scores['RetainTestAcc']:.2f}  Df {scores['Df']:.2f}  MIA {scores['MIA']:.3f}  "
+              f"TestAcc {scores['TestAcc']:.2f}  method {method_time:.2f}s  eval {eval_time:.2f}s -> {args.results}")
     return record
 
 

@@ -7,6 +7,8 @@ switches); values: mean ± std over every record in the row (seeds and forget ta
 Dr = RetainTestAcc, Df and accuracies in %, MIA a fraction, time = MethodTime in seconds.
 Δ columns: the run's value minus that of the retrain record (retrain_full preferred) with the
 same setting, data set, net, forget target and seed, averaged over the runs that have one.
+Runs that diverged (non-finite weights or outputs) have no metrics: when there are any, a
+"diverged" column counts them per row, and the means are over the other runs.
 """
 import csv
 import math
@@ -55,23 +57,26 @@ def retrain_index(records):
     index = {}
     for name in reversed(RETRAIN_METHODS):
         for r in records:
-            if r["method"] == name:
+            if r["method"] == name and not r.get("diverged"):
                 index[target_key(r)] = r
     return index
 
 
 def summarise(records):
     gold = retrain_index(records)
+    any_diverged = any(r.get("diverged") for r in records)
     groups = OrderedDict()
     for r in records:
         groups.setdefault((r["setting"], r["dataset"], r["net"], label(r)), []).append(r)
     rows = []
     for (setting, dataset, net, method), rs in groups.items():
         row = OrderedDict(setting=setting, dataset=dataset, net=net, method=method, n=len(rs))
+        if any_diverged:
+            row["diverged"] = sum(bool(r.get("diverged")) for r in rs)
         for name, key, spec in COLUMNS + EXTRA:
             row[name] = fmt([float(r[key]) for r in rs if r.get(key) is not None], spec)
         for name, key, spec in GAPS:
-            pairs = [(r, gold[target_key(r)]) for r in rs if target_key(r) in gold]
+            pairs = [(r, gold[target_key(r)]) for r in rs if target_key(r) in gold and r.get(key) is not None]
             row[name] = fmt([float(r[key]) - float(g[key]) for r, g in pairs], spec)
         rows.append(row)
     return rows
@@ -95,7 +100,11 @@ def plot(records, path):
 
     panels = OrderedDict()
     for r in records:
+        if r.get("diverged"):
+            continue
         panels.setdefault((r["setting"], r["dataset"], r["net"]), OrderedDict()).setdefault(label(r), []).append(r)
+    if not panels:
+        panels[("no run with metrics", "", "")] = OrderedDict()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
     for ax, ((setting, dataset, net), by_label) in zip(axes[0], panels.items()):
         for name, rs in by_label.items():

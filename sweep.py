@@ -149,6 +149,12 @@ def main(argv=None):
     points = [point(sigma=s, eta=e, **dict(zip(SWITCHES, c)))
               for c in combos for s in sigmas for e in etas]
 
+    for name, r in (("baseline", baseline), (retrain["method"], retrain)):
+        if r.get("diverged"):
+            raise UserError(f"the {name} run diverged ({r.get('diverged_reason')}): nothing to compare JiT with")
+    diverged = [p for p in points if p.get("diverged")]
+    points = [p for p in points if not p.get("diverged")]
+
     title = (f"JiT on {args.dataset}/{args.net}, {setting}, forget {exp.forget}, seed {args.seed}, "
              f"N={args.n_samples}")
     plot(points, baseline, retrain, args.plot, title)
@@ -162,6 +168,9 @@ def main(argv=None):
         else:
             print(f"JiT {name}: best Dr {best['RetainTestAcc']:.2f} at Df {best['Df']:.2f} "
                   f"(σ={best['sigma']:g}, η={best['eta']:g})")
+    if diverged:
+        print(f"{len(diverged)} point(s) diverged (left out): " +
+              ", ".join(f"σ={p['sigma']:g} η={p['eta']:g}" for p in diverged))
     print(f"plot: {args.plot}\nrecords: {args.results}")
 
 
