@@ -3,12 +3,23 @@
 python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 -gpu
 SGD (momentum 0.9, weight decay 5e-4), cross-entropy, a one-cycle cosine schedule with max lr
 -lr stepped every batch and a linear warm-up over the first -warm epochs. After every epoch
-the test accuracy is measured and a new best is saved (atomically) as a plain state dict.
+the test accuracy is measured and a new best is saved (atomically) as a plain state dict,
+and the whole training state (model, optimiser, schedule, epoch) is saved beside it, so that
+``-resume`` continues a killed job and loses at most the epoch it was in.
+
+Several processes (one per GPU, or several on a CPU) with PyTorch's DistributedDataParallel:
+torchrun --nproc_per_node 4 pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 -gpu
+-b stays the global batch: each of the K processes takes -b/K images per step, so the steps
+per epoch and the learning-rate schedule are those of a one-process run. Rank 0 alone
+evaluates, prints and saves. NCCL with -gpu, gloo on the CPU.
 """
 import os
 import time
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 
 import datasets
 import metrics
@@ -23,6 +34,10 @@ EPOCHS = {
     "default": {"Cifar100": 200, "Cifar10": 20, "Cifar20": 40, "PinsFaceRecognition": 200,
                 "Digits": 30, "Digits5": 30},
 }
+RESUME_FORMAT = "jit-unlearning pretrain state v1"
+# Flags a resumed run must share with the run it continues (anything else would silently
+# train a different model than the one the saved schedule and optimiser belong to).
+RESUME_IDENTITY = ("net", "dataset", "classes", "b", "warm", "lr", "epochs", "seed", "vit_weights")
 
 
 def default_epochs(net, dataset):
@@ -30,13 +45,30 @@ def default_epochs(net, dataset):
     return table.get(dataset, EPOCHS["default"].get(dataset))
 
 
-def main():
+def epoch_seed(seed, epoch, rank):
+    """The seed of one epoch on one process. Every epoch starts from it (augmentation, dropout,
+    worker seeds), so an epoch depends only on the state saved before it: a resumed run
+    repeats an uninterrupted one exactly (on the CPU)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def freeze_unused(model):
+    """Stop asking for gradients of parameters that forward() never uses: the ViT's pooler,
+    kept only for the checkpoint's key layout. DistributedDataParallel refuses parameters
+    that get no gradient; a one-process run is unchanged (SGD skips them either way)."""
+    pooler = getattr(getattr(model, "base", None), "pooler", None)
+    if pooler is not None:
+        pooler.requires_grad_(False)
+    return model
+
+
+def parse_args():
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("-net", required=True, choices=list(MODELS))
     p.add_argument("-dataset", required=True, choices=list(datasets.DATASETS))
     p.add_argument("-classes", type=int, required=True, help="number of classes of the model")
-    p.add_argument("-gpu", action="store_true", help="train on CUDA")
-    p.add_argument("-b", type=int, default=64, help="batch size")
+    p.add_argument("-gpu", action="store_true", help="train on CUDA (under torchrun: one GPU per process)")
+    p.add_argument("-b", type=int, default=64, help="batch size (global: split evenly over torchrun's processes)")
     p.add_argument("-warm", type=int, default=1, help="warm-up epochs")
     p.add_argument("-lr", type=float, default=0.1, help="maximum learning rate of the one-cycle schedule")
     p.add_argument("-epochs", type=int, default=None, help="epochs (default: the reference's per net/data set)")
@@ -44,11 +76,73 @@ def main():
     p.add_argument("-data_root", default="./data")
     p.add_argument("-out", default=None,
                    help="save the best checkpoint to this path (default: checkpoint/{net}/{time}/{net}-{dataset}-{epoch}-best.pth)")
+    p.add_argument("-resume", default=None, metavar="STATE",
+                   help="continue the run whose training state this is (the *-resume.pth file saved after every epoch)")
+    p.add_argument("-sync_bn", action="store_true",
+                   help="under torchrun with -gpu: batch-norm statistics over all processes' images (SyncBatchNorm)")
     p.add_argument("-vit_weights", default="google/vit-base-patch16-224",
                    help="ViT starting weights: a Hugging Face hub name (in the local cache) or a local directory")
-    p.add_argument("-workers", type=int, default=None, help="data-loader workers (default: 0 on CPU, 4 on GPU)")
-    args = p.parse_args()
+    p.add_argument("-workers", type=int, default=None, help="data-loader workers per process (default: 0 on CPU, 4 on GPU)")
+    return p.parse_args()
 
+
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    def __init__(self, use_gpu):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(use_gpu)
+        if self.device.type == "cuda" and self.world > 1:
+            if local >= torch.cuda.device_count():
+                raise UserError(f"process {local} has no GPU: {torch.cuda.device_count()} visible for "
+                                f"--nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', self.world)}")
+            self.device = torch.device("cuda", local)
+            torch.cuda.set_device(self.device)
+        if self.world > 1:
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, value, count):
+        """The mean over all processes of a per-process mean ``value`` over ``count`` items."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value * count, float(count)], dtype=torch.float64)
+        dist.all_reduce(t)
+        return (t[0] / t[1]).item()
+
+    def close(self):
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def load_resume_state(path, args, epochs):
+    if not os.path.isfile(path):
+        raise UserError(f"resume state not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - reported in one line
+        raise UserError(f"cannot read resume state {path}: {type(e).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise UserError(f"{path} is not a training state saved by pretrain_model.py "
+                        f"(pass the *-resume.pth file, not the best checkpoint)")
+    given = dict(vars(args), epochs=epochs)
+    diff = [f"-{k} {state['args'][k]} (now {given[k]})" for k in RESUME_IDENTITY if state["args"].get(k) != given[k]]
+    if diff:
+        raise UserError(f"{path} belongs to a run with " + ", ".join(diff) + "; resume with the same flags")
+    return state
+
+
+def main():
+    args = parse_args()
     if datasets.DATASETS[args.dataset] != args.classes:
         raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset]} classes, but -classes {args.classes} was given")
     epochs = args.epochs or default_epochs(args.net, args.dataset)
@@ -56,17 +150,31 @@ def main():
         raise UserError(f"no default epoch count for {args.net} on {args.dataset}: pass -epochs")
     if args.b < 1 or args.lr <= 0 or args.warm < 0:
         raise UserError("-b must be >= 1, -lr > 0 and -warm >= 0")
-    device = resolve_device(args.gpu)
+    state = load_resume_state(args.resume, args, epochs) if args.resume else None
+    ctx = Dist(args.gpu)
+    try:
+        train_model(args, epochs, state, ctx)
+    finally:
+        ctx.close()
+
+
+def train_model(args, epochs, state, ctx):
+    if args.b % ctx.world:
+        raise UserError(f"-b {args.b} does not split evenly over {ctx.world} processes")
+    if args.sync_bn and not (ctx.device.type == "cuda" and ctx.world > 1):
+        raise UserError("-sync_bn needs -gpu under torchrun with more than one process")
+    device = ctx.device
     seed_everything(args.seed)
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
 
     size = input_size(args.net)
     train = datasets.load_dataset(args.dataset, args.data_root, train=True, size=size, augment=True)
     test = datasets.load_dataset(args.dataset, args.data_root, train=False, size=size)
-    g = torch.Generator().manual_seed(args.seed)
-    train_dl = torch.utils.data.DataLoader(train, args.b, shuffle=True, num_workers=workers, generator=g,
-                                           pin_memory=device.type == "cuda")
-    test_dl = torch.utils.data.DataLoader(test, 512, shuffle=False, num_workers=workers)
+    # One sampler for both cases: the order of an epoch is a permutation seeded by (seed, epoch).
+    sampler = DistributedSampler(train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=args.seed)
+    train_dl = DataLoader(train, args.b // ctx.world, sampler=sampler, num_workers=workers,
+                          pin_memory=device.type == "cuda")
+    test_dl = DataLoader(test, 512, shuffle=False, num_workers=workers)
 
     if args.net == "ViT":
         try:
@@ -76,32 +184,69 @@ def main():
                             f"(give a local directory with -vit_weights): {str(e).splitlines()[0]}") from None
     else:
         model = build_model(args.net, args.classes)
-    model.to(device)
-
+    freeze_unused(model)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     steps = len(train_dl)
     onecycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=epochs, steps_per_epoch=steps,
                                                    anneal_strategy="cos")
     sched = Warmup(opt, onecycle, args.warm * steps)
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    best_acc, best_path = -1.0, None
-    for epoch in range(1, epochs + 1):
+    if state is None:
+        start, best_acc, best_path = 1, -1.0, None
+        if args.out:
+            state_path = os.path.splitext(args.out)[0] + "-resume.pth"
+        else:
+            folder = os.path.join("checkpoint", args.net, time.strftime("%Y%m%d-%H%M%S"))
+            state_path = os.path.join(folder, f"{args.net}-{args.dataset}-resume.pth")
+    else:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        onecycle.load_state_dict(state["onecycle"])
+        sched.t = state["warm_t"]
+        start, best_acc, best_path = state["epoch"] + 1, state["best_acc"], state["best_path"]
+        state_path = args.resume
+        if ctx.main:
+            print(f"resuming after epoch {state['epoch']}/{epochs} (best so far {best_acc:.2f}%) from {state_path}")
+    model.to(device)
+    if args.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = model
+    if ctx.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if ctx.main:
+        print(f"{ctx.world} process(es) x {args.b // ctx.world} images per step ({args.b} in all), "
+              f"{steps} steps per epoch, on {device}", flush=True)
+    if ctx.main and start == 1:
+        print(f"training state saved after every epoch to {state_path} (continue with -resume {state_path})", flush=True)
+
+    for epoch in range(start, epochs + 1):
+        sampler.set_epoch(epoch)
+        seed_everything(epoch_seed(args.seed, epoch, ctx.rank))
         try:
-            loss = train_epoch(model, train_dl, opt, device, sched, desc=f"epoch {epoch}/{epochs}")
+            loss = train_epoch(net, train_dl, opt, device, sched, desc=f"epoch {epoch}/{epochs}", progress=ctx.main)
         except FloatingPointError as e:
             raise UserError(f"training diverged: {e}; try a smaller -lr") from None
-        acc = metrics.evaluate(model, test_dl, device)["AccExact"]
-        line = f"epoch {epoch}/{epochs}  loss {loss:.4f}  test acc {acc:.2f}%"
-        if acc > best_acc:
-            path = args.out or os.path.join("checkpoint", args.net, stamp, f"{args.net}-{args.dataset}-{epoch}-best.pth")
-            atomic_save(model.state_dict(), path)
-            if best_path and best_path != path and os.path.exists(best_path):
-                os.remove(best_path)  # keep only the best so far
-            best_acc, best_path = acc, path
-            line += "  (best, saved)"
-        print(line, flush=True)
-    print(f"best test accuracy {best_acc:.2f}% -> {best_path}")
+        loss = ctx.mean(loss, len(sampler))
+        if ctx.main:
+            acc = metrics.evaluate(model, test_dl, device)["AccExact"]
+            line = f"epoch {epoch}/{epochs}  loss {loss:.4f}  test acc {acc:.2f}%"
+            if acc > best_acc:
+                path = args.out or os.path.join(os.path.dirname(state_path), f"{args.net}-{args.dataset}-{epoch}-best.pth")
+                atomic_save(model.state_dict(), path)
+                if best_path and best_path != path and os.path.exists(best_path):
+                    os.remove(best_path)  # keep only the best so far
+                best_acc, best_path = acc, path
+                line += "  (best, saved)"
+            atomic_save(dict(format=RESUME_FORMAT, epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
+                             onecycle=onecycle.state_dict(), warm_t=sched.t, best_acc=best_acc, best_path=best_path,
+                             world=ctx.world, args={k: getattr(args, k) for k in RESUME_IDENTITY} | {"epochs": epochs}),
+                        state_path)
+            print(line, flush=True)
+        ctx.barrier()
+    if ctx.main:
+        if start > epochs:
+            print(f"nothing to do: {state_path} already holds all {epochs} epochs")
+        print(f"best test accuracy {best_acc:.2f}% -> {best_path}")
 
 
 if __name__ == "__main__":
