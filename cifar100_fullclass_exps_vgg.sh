@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CIFAR-100 full-class forgetting, VGG16 (weights: a VGG16 trained on Cifar100, 100 classes).
-# usage: cifar100_fullclass_exps_vgg.sh GPU|cpu SEED [WEIGHT_PATH]
+# usage: cifar100_fullclass_exps_vgg.sh GPU[,GPU...]|cpu SEED [WEIGHT_PATH]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/grid_common.sh"

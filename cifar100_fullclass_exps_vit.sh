@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CIFAR-100 full-class forgetting, ViT (weights: a ViT trained on Cifar100, 100 classes).
-# usage: cifar100_fullclass_exps_vit.sh GPU|cpu SEED [WEIGHT_PATH]
+# usage: cifar100_fullclass_exps_vit.sh GPU[,GPU...]|cpu SEED [WEIGHT_PATH]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/grid_common.sh"

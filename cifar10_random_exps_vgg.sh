@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CIFAR-10 random forgetting (0.165% of the training set, ~83 images), VGG16 (weights: a VGG16 trained on Cifar10).
-# usage: cifar10_random_exps_vgg.sh GPU|cpu SEED [WEIGHT_PATH]
+# usage: cifar10_random_exps_vgg.sh GPU[,GPU...]|cpu SEED [WEIGHT_PATH]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/grid_common.sh"

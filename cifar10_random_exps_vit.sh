@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CIFAR-10 random forgetting (0.165% of the training set, ~83 images), ViT (weights: a ViT trained on Cifar10).
-# usage: cifar10_random_exps_vit.sh GPU|cpu SEED [WEIGHT_PATH]
+# usage: cifar10_random_exps_vit.sh GPU[,GPU...]|cpu SEED [WEIGHT_PATH]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/grid_common.sh"

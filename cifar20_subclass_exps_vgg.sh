@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CIFAR-20 sub-class forgetting, VGG16 (weights: a VGG16 trained on Cifar20, 20 classes).
-# usage: cifar20_subclass_exps_vgg.sh GPU|cpu SEED [WEIGHT_PATH]
+# usage: cifar20_subclass_exps_vgg.sh GPU[,GPU...]|cpu SEED [WEIGHT_PATH]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/grid_common.sh"

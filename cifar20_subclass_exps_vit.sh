@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CIFAR-20 sub-class forgetting, ViT (weights: a ViT trained on Cifar20, 20 classes).
-# usage: cifar20_subclass_exps_vit.sh GPU|cpu SEED [WEIGHT_PATH]
+# usage: cifar20_subclass_exps_vit.sh GPU[,GPU...]|cpu SEED [WEIGHT_PATH]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/grid_common.sh"
