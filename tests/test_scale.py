@@ -1,0 +1,324 @@
+"""Scaling out and surviving interruption: torchrun pretraining (gloo on the CPU), -resume,
+grids over several slots that are killed and rerun, concurrent record writers, divergence
+flagged in the record, and same-seed reproducibility of whole records."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, _env, describe, run_inprocess, run_scripts
+
+import experiment
+import methods
+import models
+import pretrain_model
+import report
+from utils import append_record, read_records
+
+PRETRAIN = ["pretrain_model.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10"]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---- torchrun ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def torchrun_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "ddp.pth"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *PRETRAIN, "-epochs", "2", "-out", str(out)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    return proc, out
+
+
+def test_torchrun_pretrains_with_two_gloo_processes(torchrun_ckpt):
+    proc, out = torchrun_ckpt
+    assert proc.returncode == 0, describe(proc)
+    # rank 0 alone prints: one line per epoch, not two
+    assert "2 process(es) x 32 images per step (64 in all)" in proc.stdout
+    assert proc.stdout.count("epoch 2/2") == 1, proc.stdout
+    state = load(Path(str(out).replace(".pth", "-resume.pth")))
+    assert state["world"] == 2 and state["epoch"] == 2
+    # 1,437 training digits, 32 per process per step: ceil(719 / 32) = 23 steps per epoch
+    assert state["onecycle"]["last_epoch"] == 2 * 23
+
+
+def test_torchrun_checkpoint_loads_in_the_mains(torchrun_ckpt, tmp_path):
+    proc, out = torchrun_ckpt
+    assert proc.returncode == 0, describe(proc)
+    state = load(out)
+    assert set(state) == set(models.SmallCNN(10).state_dict())  # no "module." prefix from DDP
+    results = tmp_path / "r.jsonl"
+    run = run_inprocess(["forget_full_class_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
+                         "-forget_class", "3", "-method", "baseline", "-weight_path", out, "-results", results,
+                         "-relearn_max_steps", "0", "-retrain_dir", tmp_path])
+    assert run.returncode == 0, describe(run)
+    assert read_records(results)[0]["weight_path"] == str(out)
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    """DistributedDataParallel refuses a parameter that asks for a gradient and gets none."""
+    from transformers import ViTConfig
+
+    tiny = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     image_size=32, patch_size=8)
+    for name in models.MODELS:
+        model = models.ViT(10, config=tiny) if name == "ViT" else models.build_model(name, 10)
+        pretrain_model.freeze_unused(model)
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, (name, missing)
+        assert name != "ViT" or not model.base.pooler.dense.weight.requires_grad
+
+
+# ---- -resume -------------------------------------------------------------------------------
+
+def _kill_after_first_epoch(out):
+    p = subprocess.Popen([sys.executable, *PRETRAIN, "-epochs", "2", "-out", str(out)], cwd=REPO, env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("epoch 1/2"):
+                p.kill()
+                break
+    finally:
+        p.kill()
+        p.wait(60)
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(smallcnn_ckpt, tmp_path):
+    # smallcnn_ckpt comes from the same command run for 2 epochs without interruption
+    whole = load(smallcnn_ckpt.replace(".pth", "-resume.pth"))
+    out = tmp_path / "m.pth"
+    _kill_after_first_epoch(out)
+    state_path = tmp_path / "m-resume.pth"
+    assert load(state_path)["epoch"] == 1, "the run was not stopped inside epoch 2"
+    proc = run_inprocess([*PRETRAIN, "-epochs", "2", "-out", out, "-resume", state_path])
+    assert proc.returncode == 0, describe(proc)
+    assert "resuming after epoch 1/2" in proc.stdout and "\nepoch 1/2 " not in proc.stdout
+    resumed = load(state_path)
+    assert resumed["epoch"] == 2 and resumed["best_acc"] == whole["best_acc"]
+    for part in ("model", "optimizer"):
+        a, b = whole[part], resumed[part]
+        flat_a = a if part == "model" else {k: v["momentum_buffer"] for k, v in a["state"].items()}
+        flat_b = b if part == "model" else {k: v["momentum_buffer"] for k, v in b["state"].items()}
+        assert flat_a.keys() == flat_b.keys()
+        for k in flat_a:
+            assert torch.equal(flat_a[k], flat_b[k]), (part, k)
+    for k, v in load(smallcnn_ckpt).items():
+        assert torch.equal(v, load(out)[k]), k
+
+
+def test_resume_refuses_what_it_cannot_continue(smallcnn_ckpt, tmp_path):
+    state = smallcnn_ckpt.replace(".pth", "-resume.pth")
+    cases = {
+        "-lr 0.05": ([*PRETRAIN, "-epochs", "2", "-lr", "0.05", "-resume", state], "-lr 0.1 (now 0.05)"),
+        "-epochs 3": ([*PRETRAIN, "-epochs", "3", "-resume", state], "-epochs 2 (now 3)"),
+        "best checkpoint": ([*PRETRAIN, "-epochs", "2", "-resume", smallcnn_ckpt], "not a training state"),
+        "missing": ([*PRETRAIN, "-resume", tmp_path / "nope.pth"], "resume state not found"),
+    }
+    for name, (cmd, message) in cases.items():
+        proc = run_inprocess(cmd)
+        assert proc.returncode == 2, (name, describe(proc))
+        assert proc.stderr.startswith("error:") and message in proc.stderr and proc.stderr.count("\n") == 1, name
+
+
+def test_resume_of_a_finished_run_trains_nothing(smallcnn_ckpt, tmp_path):
+    state = tmp_path / "s.pth"
+    state.write_bytes(Path(smallcnn_ckpt.replace(".pth", "-resume.pth")).read_bytes())
+    before = load(state)
+    proc = run_inprocess([*PRETRAIN, "-epochs", "2", "-resume", state])
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout, describe(proc)
+    assert torch.equal(load(state)["model"]["fc.weight"], before["model"]["fc.weight"])
+
+
+# ---- grids over several slots ----------------------------------------------------------------
+
+GRID = """#!/usr/bin/env bash
+set -euo pipefail
+here={repo}
+source "$here/grid_common.sh"
+MAIN=forget_full_class_main.py
+ARGS=(-net SmallCNN -dataset Digits -classes 10 -b 64)
+TARGETS=('-forget_class 1' '-forget_class 2')
+METHODS=(baseline retrain_full lipschitz_forgetting)
+grid_main "$@"
+"""
+
+
+def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp_path):
+    script = tmp_path / "grid.sh"
+    script.write_text(GRID.format(repo=REPO))
+    results = tmp_path / "r.jsonl"
+    env = dict(_env(), RESULTS=str(results),
+               EXTRA_ARGS=f"-epochs 1 -relearn_max_steps 0 -retrain_dir {tmp_path / 'retrained'}")
+    cmd = ["bash", str(script), "cpu,cpu", "0", smallcnn_ckpt]
+
+    grid = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 240
+    while len(read_records(results)) < 3 and grid.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(grid.pid, signal.SIGKILL)  # the script and every run in flight
+    grid.wait(30)
+    first = read_records(results)
+    assert 3 <= len(first) < 6, "the grid was not killed midway"
+    assert all(line.strip() for line in results.read_text().splitlines())
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, describe(rerun)
+    recs = read_records(results)
+    assert sorted((r["method"], r["forget"]) for r in recs) == sorted(
+        (m, f) for m in ("baseline", "retrain_full", "lipschitz_forgetting") for f in ("1", "2"))
+    assert [json.loads(line) for line in results.read_text().splitlines()] == recs  # whole lines only
+    assert rerun.stdout.count("== done:") == 6  # the recorded runs exit at once ("skip")
+    # retrain runs finish before the others start, so every other run found its retrained model
+    assert all(r.get("RetrainReference") == "retrain_full" for r in recs if r["method"] != "retrain_full")
+    logs = sorted(p.name for p in (tmp_path / "r-logs").iterdir())
+    assert "forget_full_class_main-baseline_-forget_class_1-seed0.log" in logs
+
+
+def test_a_grid_reports_failed_runs_and_finishes_the_rest(smallcnn_ckpt, tmp_path):
+    script = tmp_path / "grid.sh"
+    script.write_text(GRID.format(repo=REPO).replace("'-forget_class 2'", "'-forget_class 12'"))
+    results = tmp_path / "r.jsonl"
+    env = dict(_env(), RESULTS=str(results), ONLY_METHODS="baseline", EXTRA_ARGS="-relearn_max_steps 0")
+    proc = subprocess.run(["bash", str(script), "cpu,cpu", "0", smallcnn_ckpt], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, describe(proc)
+    assert "1 run(s) failed" in proc.stderr and "baseline -forget_class 12 (exit 2" in proc.stderr
+    assert [r["forget"] for r in read_records(results)] == ["1"]
+
+
+@pytest.mark.parametrize("slots", ["0,", ",1", "0,,1", "gpu0,1", "cpu;cpu"])
+def test_grid_rejects_a_malformed_device_list(slots):
+    proc = subprocess.run(["bash", str(REPO / "cifar10_random_exps_vgg.sh"), slots, "0", "w.pth"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage:")
+
+
+# ---- records -------------------------------------------------------------------------------
+
+def _writer(path, tag, n):
+    pad = "x" * 70_000  # far beyond a pipe's atomic size: only the lock keeps lines whole
+    for i in range(n):
+        append_record(path, {"tag": tag, "i": i, "pad": pad})
+
+
+def test_concurrent_writers_leave_only_whole_lines(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    ctx = get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, t, 60)) for t in ("a", "b", "c")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    lines = Path(path).read_text().splitlines()
+    recs = [json.loads(line) for line in lines]  # every line parses
+    assert len(recs) == 180
+    for t in "abc":
+        assert [r["i"] for r in recs if r["tag"] == t] == list(range(60))
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_record(path, {"run": 1})
+    with open(path, "a") as f:
+        f.write('{"run": 2, "Df": 1')  # a writer killed mid-line
+    append_record(path, {"run": 3})
+    assert [r["run"] for r in read_records(path)] == [1, 3]
+    append_record(path, {"run": 4})
+    assert [r["run"] for r in read_records(path)] == [1, 3, 4]
+
+
+# ---- divergence ----------------------------------------------------------------------------
+
+def _bad_loss(model, data, args, device):
+    raise FloatingPointError("finetune epoch 1: loss became nan")
+
+
+def _huge_outputs(model, data, args, device):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e30)  # finite weights, infinite logits
+    return model
+
+
+def _nan_weights(model, data, args, device):
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    return model
+
+
+@pytest.mark.parametrize("fn, reason", [(_bad_loss, "loss became nan"), (_huge_outputs, "non-finite outputs"),
+                                        (_nan_weights, "non-finite weights")])
+def test_a_diverged_method_is_recorded_flagged_and_warned(monkeypatch, smallcnn_ckpt, tmp_path, fn, reason):
+    monkeypatch.setitem(methods.METHODS, "finetune", methods.Method(fn))
+    results = tmp_path / "r.jsonl"
+    proc = run_inprocess(["forget_full_class_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
+                          "-forget_class", "3", "-method", "finetune", "-weight_path", smallcnn_ckpt,
+                          "-results", results, "-retrain_dir", tmp_path])
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stderr.startswith("warning: finetune diverged") and reason in proc.stderr
+    (rec,) = read_records(results)
+    assert rec["diverged"] is True and reason in rec["diverged_reason"]
+    assert not {"Df", "RetainTestAcc", "MIA", "RelearnSteps"} & set(rec)  # no chance-level numbers
+    (row,) = report.summarise([rec])
+    assert row["diverged"] == 1 and row["Dr"] == "" and row["Df"] == ""
+
+
+def test_a_healthy_run_is_recorded_as_not_diverged(smallcnn_ckpt, tmp_path):
+    results = tmp_path / "r.jsonl"
+    proc = run_inprocess(["forget_full_class_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
+                          "-forget_class", "3", "-method", "baseline", "-weight_path", smallcnn_ckpt,
+                          "-results", results, "-relearn_max_steps", "0", "-retrain_dir", tmp_path])
+    assert proc.returncode == 0 and "warning" not in proc.stderr, describe(proc)
+    (rec,) = read_records(results)
+    assert rec["diverged"] is False and "Df" in rec
+    assert "diverged" not in report.summarise([rec])[0]
+
+
+LAST_BIAS = list(dict(models.SmallCNN(10).named_parameters()))[-1]
+
+
+def test_check_finite_names_the_first_bad_tensor():
+    model = models.SmallCNN(10)
+    experiment.check_finite(model)
+    with torch.no_grad():
+        dict(model.named_parameters())[LAST_BIAS][0] = float("inf")
+    with pytest.raises(experiment.Diverged, match="non-finite weights in 1 tensor"):
+        experiment.check_finite(model)
+
+
+# ---- reproducibility -----------------------------------------------------------------------
+
+TIMES = {"MethodTime", "EvalTime", "time"}
+
+
+def test_one_command_one_seed_one_record(smallcnn_ckpt, tmp_path):
+    """retrain_full draws a fresh initialisation, the shuffled retain loader's order (2 workers)
+    and the random forget split: two processes with the same command write the same record,
+    times aside."""
+    def cmd(results, seed):
+        return ["forget_random_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
+                "-forget_perc", "0.05", "-method", "retrain_full", "-epochs", "1", "-weight_path", smallcnn_ckpt, "-seed", seed,
+                "-workers", "2", "-relearn_max_steps", "5", "-results", results, "-retrain_dir", tmp_path]
+
+    names = ["a", "b", "other_seed"]
+    procs = run_scripts([cmd(tmp_path / f"{n}.jsonl", "1" if n == "other_seed" else "0") for n in names], parallel=3)
+    for p in procs:
+        assert p.returncode == 0, describe(p)
+    a, b, c = (read_records(tmp_path / f"{n}.jsonl")[0] for n in names)
+    strip = (lambda r: {k: v for k, v in r.items() if k not in TIMES | {"args"}}
+             | {"args": {k: v for k, v in r["args"].items() if k != "results"}})
+    assert strip(a) == strip(b)
+    metrics = ("RetainTestAcc", "Df", "MIA", "TestAcc", "MIAEntropyAUC")
+    assert [a[k] for k in metrics] != [c[k] for k in metrics]  # another seed: another split and order
