@@ -64,6 +64,33 @@ def test_torchrun_checkpoint_loads_in_the_mains(torchrun_ckpt, tmp_path):
     assert read_records(results)[0]["weight_path"] == str(out)
 
 
+def test_torchrun_resume_after_a_stop_reproduces_the_uninterrupted_run(torchrun_ckpt, tmp_path):
+    proc, whole_out = torchrun_ckpt
+    assert proc.returncode == 0, describe(proc)
+    out = tmp_path / "m.pth"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           *PRETRAIN, "-epochs", "2", "-out", str(out)]
+    p = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("epoch 1/2"):
+                p.terminate()  # torchrun passes the signal on to its workers
+                break
+        p.wait(60)
+    finally:
+        p.kill()
+    state_path = tmp_path / "m-resume.pth"
+    assert load(state_path)["epoch"] == 1, "the job was not stopped inside epoch 2"
+    resumed = subprocess.run(cmd + ["-resume", str(state_path)], cwd=REPO, env=_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, describe(resumed)
+    assert "resuming after epoch 1/2" in resumed.stdout
+    whole = load(Path(str(whole_out).replace(".pth", "-resume.pth")))["model"]
+    again = load(state_path)["model"]
+    for k in whole:
+        assert torch.equal(whole[k], again[k]), k
+
+
 def test_every_trainable_parameter_gets_a_gradient():
     """DistributedDataParallel refuses a parameter that asks for a gradient and gets none."""
     from transformers import ViTConfig
