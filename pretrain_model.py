@@ -205,6 +205,7 @@ def train_model(args, epochs, state, ctx):
         sched.t = state["warm_t"]
         start, best_acc, best_path = state["epoch"] + 1, state["best_acc"], state["best_path"]
         state_path = args.resume
+        args.out = args.out or state.get("out")  # keep writing the best checkpoint where the run did
         if ctx.main:
             print(f"resuming after epoch {state['epoch']}/{epochs} (best so far {best_acc:.2f}%) from {state_path}")
     model.to(device)
@@ -239,7 +240,7 @@ def train_model(args, epochs, state, ctx):
                 line += "  (best, saved)"
             atomic_save(dict(format=RESUME_FORMAT, epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
                              onecycle=onecycle.state_dict(), warm_t=sched.t, best_acc=best_acc, best_path=best_path,
-                             world=ctx.world, args={k: getattr(args, k) for k in RESUME_IDENTITY} | {"epochs": epochs}),
+                             out=args.out, world=ctx.world, args={k: getattr(args, k) for k in RESUME_IDENTITY} | {"epochs": epochs}),
                         state_path)
             print(line, flush=True)
         ctx.barrier()
