@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Check this checkout on one CUDA GPU, end to end, on generated data (nothing is downloaded):
+#   ./gpu_check.sh OUT_DIR [GPU_INDEX]
+# 1. bench.py on the GPU for VGG16 and ViT, fp32 and --amp          -> OUT/bench.jsonl
+# 2. CIFAR-100 files in the python format (random images, 100 per class for training, 20 for
+#    testing), a VGG16 pretrained on them for 2 epochs with -gpu, then
+#    cifar100_fullclass_exps_vgg.sh on the GPU over every target and method, six runs at a time
+#    on the one GPU (slots 0,0,0,0,0,0: most of a run is process start-up), with the retrain
+#    and pseudo-batch budgets cut so that it fits in minutes           -> OUT/grid.jsonl, OUT/grid-report.md
+# 3. the peak host memory of a ViT CIFAR-100 forget run (baseline, -amp, 50,000 + 10,000
+#    images evaluated at 224x224)                                      -> OUT/vit-memory.json
+# Each part has its own time limit (PART_LIMIT seconds, default 200) so one slow part cannot
+# swallow the others; OUT/summary.txt says what finished. GPU_INDEX "cpu" is a dry run of the
+# same steps on the CPU at toy sizes (to check the script itself, not to measure anything).
+set -uo pipefail
+[ $# -ge 1 ] && [ $# -le 2 ] || { echo "usage: $0 OUT_DIR [GPU_INDEX]" >&2; exit 2; }
+here=$(cd "$(dirname "$0")" && pwd)
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+gpu=${2:-0}
+limit=${PART_LIMIT:-200}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+if [ "$gpu" = cpu ]; then
+    dev=() bench=(--device cpu --sizes small) slot=cpu full=(600 100) per_class=(5 2)
+else
+    export CUDA_VISIBLE_DEVICES=$gpu
+    dev=(-gpu) bench=(--device cuda) slot=0,0,0,0,0,0 full=(50000 10000) per_class=(100 20)
+fi
+cd "$here"
+summary() { echo "$*" | tee -a "$out/summary.txt"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt" 2>&1
+summary "gpu: $(cat "$out/gpu.txt")"
+
+# 1. the benchmark
+for amp in "" "--amp"; do
+    t0=$SECONDS
+    timeout "$limit" python bench.py "${bench[@]}" $amp >> "$out/bench.jsonl" 2>> "$out/bench.err"
+    summary "bench ${amp:-fp32}: exit $? in $((SECONDS - t0)) s"
+done
+
+# 2. generated CIFAR-100, a brief -gpu pretraining, the VGG16 full-class grid
+data=$out/data
+python - "$data" "${per_class[@]}" <<'EOF'
+import os, pickle, sys
+import numpy as np
+root = os.path.join(sys.argv[1], "cifar-100-python")
+os.makedirs(root, exist_ok=True)
+coarse_of = np.random.default_rng(1).integers(0, 20, 100)  # any fixed fine -> coarse map will do
+rng = np.random.default_rng(0)
+for name, per_class in (("train", int(sys.argv[2])), ("test", int(sys.argv[3]))):
+    fine = rng.permutation(np.repeat(np.arange(100), per_class))
+    # a class-dependent mean colour, so that the network has something to learn
+    data = np.clip(rng.normal(fine[:, None] * 2.5, 40, (len(fine), 3072)), 0, 255).astype(np.uint8)
+    with open(os.path.join(root, name), "wb") as f:
+        pickle.dump({b"data": data, b"fine_labels": fine.tolist(), b"coarse_labels": coarse_of[fine].tolist(),
+                     b"filenames": [b"%d.png" % i for i in range(len(fine))]}, f)
+EOF
+t0=$SECONDS
+timeout "$limit" python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 "${dev[@]}" -epochs 2 \
+    -data_root "$data" -out "$out/vgg16-cifar100.pth" > "$out/pretrain.log" 2>&1
+summary "pretrain VGG16 ${dev[*]} 2 epochs: exit $? in $((SECONDS - t0)) s: $(tail -1 "$out/pretrain.log")"
+if [ -f "$out/vgg16-cifar100.pth" ]; then
+    t0=$SECONDS
+    RESULTS=$out/grid.jsonl EXTRA_ARGS="-data_root $data -epochs 1 -gkt_batches 20 -relearn_max_steps 10 -retrain_dir $out/retrained" \
+        timeout "$limit" ./cifar100_fullclass_exps_vgg.sh "$slot" 0 "$out/vgg16-cifar100.pth" > "$out/grid.log" 2>&1
+    summary "cifar100_fullclass_exps_vgg.sh $slot: exit $? in $((SECONDS - t0)) s, $(wc -l < "$out/grid.jsonl" 2>/dev/null || echo 0) records"
+    python report.py "$out/grid.jsonl" -out "$out/grid-report" > /dev/null 2>&1
+fi
+
+# 3. host memory of a ViT forget run over the whole of CIFAR-100-sized data
+python - "$data" "${full[@]}" <<'EOF'
+import os, pickle, sys
+import numpy as np
+root = os.path.join(sys.argv[1], "cifar-100-full", "cifar-100-python")
+os.makedirs(root, exist_ok=True)
+rng = np.random.default_rng(2)
+for name, n in (("train", int(sys.argv[2])), ("test", int(sys.argv[3]))):
+    fine = np.arange(n) % 100
+    with open(os.path.join(root, name), "wb") as f:
+        pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": fine.tolist(),
+                     b"coarse_labels": (fine // 5).tolist(), b"filenames": [b"x.png"] * n}, f)
+EOF
+python -c "import torch; from models import ViT; torch.save(ViT(100).state_dict(), '$out/vit-random.pth')"
+t0=$SECONDS
+timeout "$limit" python - "$out" "$data/cifar-100-full" "${dev[@]}" <<'EOF' > "$out/vit-memory.log" 2>&1
+import json, resource, runpy, sys
+out, data, dev = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.argv = ["forget_full_class_main.py", "-net", "ViT", "-dataset", "Cifar100", "-classes", "100", *dev, "-amp",
+            "-method", "baseline", "-forget_class", "rocket", "-weight_path", f"{out}/vit-random.pth",
+            "-data_root", data, "-results", f"{out}/vit.jsonl", "-relearn_max_steps", "0", "-retrain_dir", f"{out}/rt"]
+try:
+    runpy.run_path("forget_full_class_main.py", run_name="__main__")
+finally:
+    gib = {k: resource.getrusage(getattr(resource, k)).ru_maxrss / 2**20
+           for k in ("RUSAGE_SELF", "RUSAGE_CHILDREN")}
+    json.dump({"peak_host_gib_main_process": round(gib["RUSAGE_SELF"], 3),
+               "peak_host_gib_largest_worker": round(gib["RUSAGE_CHILDREN"], 3)}, open(f"{out}/vit-memory.json", "w"))
+EOF
+summary "ViT forget run (${full[0]} + ${full[1]} images at 224, -amp): exit $? in $((SECONDS - t0)) s: $(cat "$out/vit-memory.json" 2>/dev/null)"
+rm -rf "$data" "$out/vit-random.pth"
