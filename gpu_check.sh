@@ -96,4 +96,5 @@ finally:
                "peak_host_gib_largest_worker": round(gib["RUSAGE_CHILDREN"], 3)}, open(f"{out}/vit-memory.json", "w"))
 EOF
 summary "ViT forget run (${full[0]} + ${full[1]} images at 224, -amp): exit $? in $((SECONDS - t0)) s: $(cat "$out/vit-memory.json" 2>/dev/null)"
-rm -rf "$data" "$out/vit-random.pth"
+# the weights are not results: leave only logs, records and reports in OUT
+rm -rf "$data" "$out"/*.pth "$out/retrained" "$out/rt"
