@@ -115,7 +115,8 @@ class Dist:
         """The mean over all processes of a per-process mean ``value`` over ``count`` items."""
         if self.world == 1:
             return value
-        t = torch.tensor([value * count, float(count)], dtype=torch.float64)
+        # on the process's own device: NCCL reduces CUDA tensors only
+        t = torch.tensor([value * count, float(count)], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return (t[0] / t[1]).item()
 
@@ -185,6 +186,11 @@ def train_model(args, epochs, state, ctx):
     else:
         model = build_model(args.net, args.classes)
     freeze_unused(model)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    # On the device before the optimiser exists: loading its state puts the momentum buffers
+    # where the parameters are at that moment.
+    model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     steps = len(train_dl)
     onecycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=epochs, steps_per_epoch=steps,
@@ -199,7 +205,6 @@ def train_model(args, epochs, state, ctx):
             folder = os.path.join("checkpoint", args.net, time.strftime("%Y%m%d-%H%M%S"))
             state_path = os.path.join(folder, f"{args.net}-{args.dataset}-resume.pth")
     else:
-        model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         onecycle.load_state_dict(state["onecycle"])
         sched.t = state["warm_t"]
@@ -208,7 +213,6 @@ def train_model(args, epochs, state, ctx):
         args.out = args.out or state.get("out")  # keep writing the best checkpoint where the run did
         if ctx.main:
             print(f"resuming after epoch {state['epoch']}/{epochs} (best so far {best_acc:.2f}%) from {state_path}")
-    model.to(device)
     if args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = model
@@ -231,17 +235,21 @@ def train_model(args, epochs, state, ctx):
         if ctx.main:
             acc = metrics.evaluate(model, test_dl, device)["AccExact"]
             line = f"epoch {epoch}/{epochs}  loss {loss:.4f}  test acc {acc:.2f}%"
+            old_best = None
             if acc > best_acc:
                 path = args.out or os.path.join(os.path.dirname(state_path), f"{args.net}-{args.dataset}-{epoch}-best.pth")
                 atomic_save(model.state_dict(), path)
-                if best_path and best_path != path and os.path.exists(best_path):
-                    os.remove(best_path)  # keep only the best so far
+                old_best = best_path if best_path != path else None
                 best_acc, best_path = acc, path
                 line += "  (best, saved)"
+            # the state first, then the old best goes: a kill in between never leaves the
+            # state pointing at a deleted checkpoint
             atomic_save(dict(format=RESUME_FORMAT, epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
                              onecycle=onecycle.state_dict(), warm_t=sched.t, best_acc=best_acc, best_path=best_path,
                              out=args.out, world=ctx.world, args={k: getattr(args, k) for k in RESUME_IDENTITY} | {"epochs": epochs}),
                         state_path)
+            if old_best and os.path.exists(old_best):
+                os.remove(old_best)  # keep only the best so far
             print(line, flush=True)
         ctx.barrier()
     if ctx.main:
