@@ -54,7 +54,8 @@ print(" ".join(METHODS)); print(" ".join(RETRAIN_METHODS))')
     done
     GRID_FAILED=()
     declare -gA GRID_PID_SLOT=() GRID_PID_JOB=()
-    trap _grid_stop INT TERM
+    trap '_grid_stop 130' INT
+    trap '_grid_stop 143' TERM
     _grid_queue "${first[@]}"
     _grid_queue "${rest[@]}"
     trap - INT TERM
@@ -72,23 +73,28 @@ _grid_queue() {
     while [ $next -lt ${#jobs[@]} ] || [ ${#busy[@]} -gt 0 ]; do
         for slot in "${!GRID_SLOTS[@]}"; do
             if [ $next -lt ${#jobs[@]} ] && [ -z "${busy[$slot]:-}" ]; then
-                if [ ${#GRID_SLOTS[@]} -eq 1 ]; then  # one slot: the run in the foreground, output on the console
-                    _grid_run "$slot" "${jobs[$next]}" || GRID_FAILED+=("${jobs[$next]/|/ } (exit $?)")
-                else
-                    _grid_run "$slot" "${jobs[$next]}" &
-                    busy[$slot]=$!
-                    GRID_PID_SLOT[$!]=$slot
-                    GRID_PID_JOB[$!]=${jobs[$next]}
-                fi
+                # always in the background, also with one slot: bash runs a trap (stop the
+                # grid) only once the foreground command is over, but interrupts a wait
+                _grid_run "$slot" "${jobs[$next]}" &
+                busy[$slot]=$!
+                GRID_PID_SLOT[$!]=$slot
+                GRID_PID_JOB[$!]=${jobs[$next]}
                 next=$((next + 1))
             fi
         done
         [ ${#busy[@]} -gt 0 ] || continue
         rc=0
-        wait -n -p pid "${busy[@]}" || rc=$?
+        if [ ${#GRID_SLOTS[@]} -eq 1 ]; then
+            pid=${busy[0]}
+            wait "$pid" || rc=$?
+        else
+            wait -n -p pid "${busy[@]}" || rc=$?  # bash >= 5.1
+        fi
         slot=${GRID_PID_SLOT[$pid]}
+        local where=""
+        [ ${#GRID_SLOTS[@]} -eq 1 ] || where=", log $(_grid_log "${GRID_PID_JOB[$pid]}")"
         if [ $rc -ne 0 ]; then
-            GRID_FAILED+=("${GRID_PID_JOB[$pid]/|/ } (exit $rc, log $(_grid_log "${GRID_PID_JOB[$pid]}"))")
+            GRID_FAILED+=("${GRID_PID_JOB[$pid]/|/ } (exit $rc$where)")
             echo "== failed (exit $rc): ${GRID_PID_JOB[$pid]/|/ } on ${GRID_SLOTS[$slot]}"
         else
             echo "== done: ${GRID_PID_JOB[$pid]/|/ } on ${GRID_SLOTS[$slot]}"
@@ -114,9 +120,9 @@ _grid_run() {
     # shellcheck disable=SC2086
     local cmd=("${cuda[@]}" python "$here/$MAIN" "${ARGS[@]}" "${dev[@]}" -method "$method" $target "${GRID_EXTRA[@]}"
                -weight_path "$GRID_WEIGHTS" -seed "$GRID_SEED" -results "$GRID_RESULTS" -skip_existing)
-    if [ ${#GRID_SLOTS[@]} -eq 1 ]; then
+    if [ ${#GRID_SLOTS[@]} -eq 1 ]; then  # one slot: the run's output on the console
         echo "== $MAIN $method $target seed $GRID_SEED"
-        "${cmd[@]}"
+        exec "${cmd[@]}"
     else
         local log
         log=$(_grid_log "$2")
@@ -126,7 +132,8 @@ _grid_run() {
     fi
 }
 
-# Interrupted: stop the runs in flight (their records are never half-written) and leave.
+# Interrupted ($1: the exit status): stop the runs in flight (their records are never
+# half-written) and leave.
 _grid_stop() {
     local pid
     for pid in "${!GRID_PID_SLOT[@]}"; do
@@ -134,5 +141,5 @@ _grid_stop() {
     done
     wait
     echo "interrupted: rerun the same command to complete the grid" >&2
-    exit 130
+    exit "$1"
 }
