@@ -3,9 +3,10 @@
 #   ./gpu_check.sh OUT_DIR [GPU_INDEX]
 # 1. bench.py on the GPU for VGG16 and ViT, fp32 and --amp          -> OUT/bench.jsonl
 # 2. CIFAR-100 files in the python format (random images, 100 per class for training, 20 for
-#    testing), a VGG16 pretrained on them for 2 epochs with -gpu, then
+#    testing), a VGG16 pretrained on them for 2 epochs with -gpu (and a run stopped after its
+#    first epoch and continued with -resume), then
 #    cifar100_fullclass_exps_vgg.sh on the GPU over every target and method, six runs at a time
-#    on the one GPU (slots 0,0,0,0,0,0: most of a run is process start-up), with the retrain
+#    on the one GPU (slots 0,0,0,0,0,0 for GPU 0: most of a run is process start-up), with the retrain
 #    and pseudo-batch budgets cut so that it fits in minutes           -> OUT/grid.jsonl, OUT/grid-report.md
 # 3. the peak host memory of a ViT CIFAR-100 forget run (baseline, -amp, 50,000 + 10,000
 #    images evaluated at 224x224)                                      -> OUT/vit-memory.json
@@ -23,7 +24,7 @@ if [ "$gpu" = cpu ]; then
     dev=() bench=(--device cpu --sizes small) slot=cpu full=(600 100) per_class=(5 2)
 else
     export CUDA_VISIBLE_DEVICES=$gpu
-    dev=(-gpu) bench=(--device cuda) slot=0,0,0,0,0,0 full=(50000 10000) per_class=(100 20)
+    dev=(-gpu) bench=(--device cuda) slot=$gpu,$gpu,$gpu,$gpu,$gpu,$gpu full=(50000 10000) per_class=(100 20)
 fi
 cd "$here"
 summary() { echo "$*" | tee -a "$out/summary.txt"; }
@@ -58,6 +59,16 @@ t0=$SECONDS
 timeout "$limit" python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 "${dev[@]}" -epochs 2 \
     -data_root "$data" -out "$out/vgg16-cifar100.pth" > "$out/pretrain.log" 2>&1
 summary "pretrain VGG16 ${dev[*]} 2 epochs: exit $? in $((SECONDS - t0)) s: $(tail -1 "$out/pretrain.log")"
+# -resume on the device: stop a 2-epoch run after its first epoch, then continue it
+t0=$SECONDS
+python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 "${dev[@]}" -epochs 2 -data_root "$data" \
+    -out "$out/resume-check.pth" > "$out/resume.log" 2>&1 &
+pid=$!
+while kill -0 $pid 2> /dev/null && ! grep -q "^epoch 1/2" "$out/resume.log"; do sleep 0.2; done
+kill $pid 2> /dev/null; wait $pid 2> /dev/null
+timeout "$limit" python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 "${dev[@]}" -epochs 2 \
+    -data_root "$data" -out "$out/resume-check.pth" -resume "$out/resume-check-resume.pth" >> "$out/resume.log" 2>&1
+summary "pretrain -resume ${dev[*]}: exit $? in $((SECONDS - t0)) s: $(grep -E "^(resuming|epoch 2/2|error)" "$out/resume.log" | tr '\n' ' ')"
 if [ -f "$out/vgg16-cifar100.pth" ]; then
     t0=$SECONDS
     RESULTS=$out/grid.jsonl EXTRA_ARGS="-data_root $data -epochs 1 -gkt_batches 20 -relearn_max_steps 10 -retrain_dir $out/retrained" \
