@@ -234,7 +234,17 @@ def test_grid_rejects_a_malformed_device_list(slots):
 # ---- records -------------------------------------------------------------------------------
 
 def _writer(path, tag, n):
-    pad = "x" * 70_000  # far beyond a pipe's atomic size: only the lock keeps lines whole
+    # Linux writes one O_APPEND write() to a local file in one piece; make every write()
+    # short, as on a network file system or after a signal, so that only the lock can keep
+    # the lines whole.
+    real_write = os.write
+
+    def short_write(fd, data):
+        time.sleep(0)
+        return real_write(fd, bytes(data[:512]))
+
+    os.write = short_write
+    pad = "x" * 5_000
     for i in range(n):
         append_record(path, {"tag": tag, "i": i, "pad": pad})
 
