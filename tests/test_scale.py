@@ -212,6 +212,41 @@ def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp
     assert "forget_full_class_main-baseline_-forget_class_1-seed0.log" in logs
 
 
+def test_kill_stops_a_one_slot_grid_at_once(smallcnn_ckpt, tmp_path):
+    """TERM (kill, timeout, a scheduler) stops the run in flight, not after it."""
+    script = tmp_path / "grid.sh"
+    script.write_text(GRID.format(repo=REPO))
+    results = tmp_path / "r.jsonl"
+    env = dict(_env(), RESULTS=str(results), ONLY_METHODS="retrain_full",
+               EXTRA_ARGS=f"-epochs 50 -relearn_max_steps 0 -retrain_dir {tmp_path}")
+    grid = subprocess.Popen(["bash", str(script), "cpu", "0", smallcnn_ckpt], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert grid.stdout.readline().startswith("== forget_full_class_main.py retrain_full")
+        time.sleep(3)  # inside the 50-epoch retrain
+        t0 = time.time()
+        grid.terminate()
+        assert grid.wait(30) == 143
+        assert time.time() - t0 < 15
+    finally:
+        grid.kill()
+    assert "interrupted: rerun the same command" in grid.stderr.read()
+    assert read_records(results) == []
+    time.sleep(0.5)
+    assert not _processes_mentioning(str(tmp_path)), "a run outlived its grid"
+
+
+def _processes_mentioning(text):
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(cmdline.parent.name)
+        except OSError:  # the process ended meanwhile
+            pass
+    return found
+
+
 def test_a_grid_reports_failed_runs_and_finishes_the_rest(smallcnn_ckpt, tmp_path):
     script = tmp_path / "grid.sh"
     script.write_text(GRID.format(repo=REPO).replace("'-forget_class 2'", "'-forget_class 12'"))
