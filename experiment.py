@@ -118,8 +118,12 @@ def _loader(ds, batch, shuffle, workers, device, seed=0):
 
 
 def _logits(model, ds, workers, device, desc, amp=False):
-    dl = _loader(ds, EVAL_BATCH, False, workers, device)
-    return metrics.predict(model, progress_bar(dl, desc), device, amp)
+    """Logits and labels of every item of ``ds`` in order: decoded images are batched and
+    transformed on the device (datasets.device_batches), anything else goes through a DataLoader."""
+    batches = datasets.device_batches(ds, EVAL_BATCH, device)
+    if batches is None:
+        batches = _loader(ds, EVAL_BATCH, False, workers, device)
+    return metrics.predict(model, progress_bar(batches, desc), device, amp)
 
 
 def evaluate_split(model, train, test, split, batch, workers, device, amp=False):

@@ -368,3 +368,48 @@ def test_pins_imagefolder_loads_and_splits_per_person(tmp_path):
 def test_pins_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="105_classes_pins_dataset"):
         datasets.load_dataset("PinsFaceRecognition", str(tmp_path))
+
+
+# ---- batches transformed on the device (evaluation) ------------------------------------------
+
+def _loader_batches(ds, batch):
+    return list(torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False))
+
+
+@pytest.mark.parametrize("name, size", [("Cifar10", 32), ("Cifar20", 32), ("Cifar100", 48), ("Cifar20", 224)])
+def test_device_batches_equal_the_dataloader_exactly(cifar, name, size):
+    root, _ = cifar
+    full = datasets.load_dataset(name, str(root), train=True, size=size)
+    inner = torch.utils.data.Subset(full, np.arange(len(full))[::-1][:37])  # reversed, then a subset of that
+    for ds in (full, inner, torch.utils.data.Subset(inner, [5, 0, 36, 7, 7])):
+        got = list(datasets.device_batches(ds, 16, torch.device("cpu")))
+        want = _loader_batches(ds, 16)
+        assert len(got) == len(want) == len(datasets.device_batches(ds, 16, torch.device("cpu")))
+        for (x, f, y), (wx, wf, wy) in zip(got, want):
+            assert x.shape == wx.shape and x.dtype == wx.dtype and torch.equal(x, wx)
+            assert x.stride() == wx.stride()  # the same memory layout, hence the same conv kernels
+            assert torch.equal(y, wy) and f.shape == wf.shape and torch.equal(f, wf)
+
+
+def test_device_batches_give_the_same_logits(smallcnn_ckpt):
+    import metrics
+    from models import SmallCNN
+    from utils import load_weights
+
+    train = datasets.load_dataset("Digits", train=True)
+    ds = torch.utils.data.Subset(train, np.flatnonzero(train.targets == 3))
+    model = load_weights(SmallCNN(10), smallcnn_ckpt, "SmallCNN", 10)
+    a = metrics.predict(model, torch.utils.data.DataLoader(ds, 512))
+    b = metrics.predict(model, datasets.device_batches(ds, 512, torch.device("cpu")))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_device_batches_fall_back_where_they_do_not_apply(cifar, tmp_path):
+    root, _ = cifar
+    augmented = datasets.load_dataset("Cifar10", str(root), train=True, augment=True)
+    assert datasets.device_batches(augmented, 8, torch.device("cpu")) is None
+    (tmp_path / "105_classes_pins_dataset" / "pins_A").mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "105_classes_pins_dataset" / "pins_A" / f"{i}.jpg")
+    pins = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True)
+    assert datasets.device_batches(torch.utils.data.Subset(pins, [0, 1]), 8, torch.device("cpu")) is None
