@@ -212,9 +212,11 @@ class Experiment:
     build_fresh: Callable
 
 
-def already_recorded(args, setting):
+def recorded(args, setting):
+    """The record of this exact run (same setting and result-changing flags) in -results, or None."""
     identity = run_identity(setting, vars(args))
-    return any(run_identity(r.get("setting"), r.get("args", {})) == identity for r in read_records(args.results))
+    return next((r for r in read_records(args.results)
+                 if run_identity(r.get("setting"), r.get("args", {})) == identity), None)
 
 
 def prepare(args, setting, num_classes, target_id, split_fn):
@@ -328,7 +330,7 @@ def execute(exp, args):
 
 def run(args, setting, num_classes, target_id, split_fn):
     """One forget experiment, as the three mains run it: load, split, method, evaluate, record."""
-    if args.skip_existing and already_recorded(args, setting):
+    if args.skip_existing and recorded(args, setting) is not None:
         forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
         print(f"skip: {args.results} already holds {args.method} on {args.dataset} ({forget}), seed {args.seed}")
         return None

@@ -17,7 +17,7 @@ import sys
 import forget_full_class_main
 import forget_random_main
 import forget_sub_class_main
-from experiment import base_parser, execute, prepare, resolve_jit, run_identity
+from experiment import base_parser, execute, prepare, recorded, resolve_jit
 from Lipschitz import GRAD_MODES, MODEL_MODES, REDUCTIONS
 from report import retrain_index, target_key
 from utils import Parser, UserError, cli, read_records
@@ -114,13 +114,6 @@ def plot(points, baseline, retrain, path, title):
     plt.close(fig)
 
 
-def _recorded(args, setting):
-    """The record of this exact run in -results, if any."""
-    identity = run_identity(setting, vars(args))
-    return next((r for r in read_records(args.results)
-                 if run_identity(r.get("setting"), r.get("args", {})) == identity), None)
-
-
 def main(argv=None):
     main_module, args = parse_args(sys.argv[1:] if argv is None else argv)
     sigmas, etas = float_list(args.sigmas), float_list(args.etas)
@@ -133,7 +126,7 @@ def main(argv=None):
         a = copy.copy(args)
         for k, v in changes.items():
             setattr(a, k, v)
-        done = _recorded(a, setting)
+        done = recorded(a, setting)
         if done is not None:
             print(f"reused: {a.method} σ={a.sigma:g} η={a.eta:g}")
             return done
