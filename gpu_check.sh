@@ -21,10 +21,10 @@ gpu=${2:-0}
 limit=${PART_LIMIT:-200}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ "$gpu" = cpu ]; then
-    dev=() bench=(--device cpu --sizes small) slot=cpu full=(600 100) per_class=(5 2)
+    dev=() bench=(--device cpu --sizes small) slot=cpu full=(6 1) per_class=(5 2)
 else
     export CUDA_VISIBLE_DEVICES=$gpu
-    dev=(-gpu) bench=(--device cuda) slot=$gpu,$gpu,$gpu,$gpu,$gpu,$gpu full=(50000 10000) per_class=(100 20)
+    dev=(-gpu) bench=(--device cuda) slot=$gpu,$gpu,$gpu,$gpu,$gpu,$gpu full=(500 100) per_class=(100 20)
 fi
 cd "$here"
 summary() { echo "$*" | tee -a "$out/summary.txt"; }
@@ -40,7 +40,10 @@ done
 
 # 2. generated CIFAR-100, a brief -gpu pretraining, the VGG16 full-class grid
 data=$out/data
-python - "$data" "${per_class[@]}" <<'EOF'
+# CIFAR-100 files in the python format under $1: $2 training and $3 test images per class,
+# random around a class-dependent mean colour (something for a network to learn)
+write_cifar100() {
+    python - "$@" <<'EOF'
 import os, pickle, sys
 import numpy as np
 root = os.path.join(sys.argv[1], "cifar-100-python")
@@ -49,12 +52,13 @@ coarse_of = np.random.default_rng(1).integers(0, 20, 100)  # any fixed fine -> c
 rng = np.random.default_rng(0)
 for name, per_class in (("train", int(sys.argv[2])), ("test", int(sys.argv[3]))):
     fine = rng.permutation(np.repeat(np.arange(100), per_class))
-    # a class-dependent mean colour, so that the network has something to learn
     data = np.clip(rng.normal(fine[:, None] * 2.5, 40, (len(fine), 3072)), 0, 255).astype(np.uint8)
     with open(os.path.join(root, name), "wb") as f:
         pickle.dump({b"data": data, b"fine_labels": fine.tolist(), b"coarse_labels": coarse_of[fine].tolist(),
                      b"filenames": [b"%d.png" % i for i in range(len(fine))]}, f)
 EOF
+}
+write_cifar100 "$data" "${per_class[@]}"
 t0=$SECONDS
 timeout "$limit" python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 "${dev[@]}" -epochs 2 \
     -data_root "$data" -out "$out/vgg16-cifar100.pth" > "$out/pretrain.log" 2>&1
@@ -78,18 +82,7 @@ if [ -f "$out/vgg16-cifar100.pth" ]; then
 fi
 
 # 3. host memory of a ViT forget run over the whole of CIFAR-100-sized data
-python - "$data" "${full[@]}" <<'EOF'
-import os, pickle, sys
-import numpy as np
-root = os.path.join(sys.argv[1], "cifar-100-full", "cifar-100-python")
-os.makedirs(root, exist_ok=True)
-rng = np.random.default_rng(2)
-for name, n in (("train", int(sys.argv[2])), ("test", int(sys.argv[3]))):
-    fine = np.arange(n) % 100
-    with open(os.path.join(root, name), "wb") as f:
-        pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": fine.tolist(),
-                     b"coarse_labels": (fine // 5).tolist(), b"filenames": [b"x.png"] * n}, f)
-EOF
+write_cifar100 "$data/cifar-100-full" "${full[@]}"
 python -c "import torch; from models import ViT; torch.save(ViT(100).state_dict(), '$out/vit-random.pth')"
 t0=$SECONDS
 timeout "$limit" python - "$out" "$data/cifar-100-full" "${dev[@]}" <<'EOF' > "$out/vit-memory.log" 2>&1
@@ -106,6 +99,6 @@ finally:
     json.dump({"peak_host_gib_main_process": round(gib["RUSAGE_SELF"], 3),
                "peak_host_gib_largest_worker": round(gib["RUSAGE_CHILDREN"], 3)}, open(f"{out}/vit-memory.json", "w"))
 EOF
-summary "ViT forget run (${full[0]} + ${full[1]} images at 224, -amp): exit $? in $((SECONDS - t0)) s: $(cat "$out/vit-memory.json" 2>/dev/null)"
+summary "ViT forget run ($((full[0] * 100)) + $((full[1] * 100)) images at 224, -amp): exit $? in $((SECONDS - t0)) s: $(cat "$out/vit-memory.json" 2>/dev/null)"
 # the weights are not results: leave only logs, records and reports in OUT
 rm -rf "$data" "$out"/*.pth "$out/retrained" "$out/rt"
