@@ -64,21 +64,27 @@ def test_torchrun_checkpoint_loads_in_the_mains(torchrun_ckpt, tmp_path):
     assert read_records(results)[0]["weight_path"] == str(out)
 
 
+def _stop_after_first_epoch(cmd, how):
+    """Run ``cmd`` (a 2-epoch pretraining) and stop it with ``how`` ("kill": SIGKILL, or
+    "terminate": SIGTERM, which torchrun passes on to its workers) once epoch 1 is printed."""
+    p = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("epoch 1/2"):
+                getattr(p, how)()
+                break
+        p.wait(60)
+    finally:
+        p.kill()
+
+
 def test_torchrun_resume_after_a_stop_reproduces_the_uninterrupted_run(torchrun_ckpt, tmp_path):
     proc, whole_out = torchrun_ckpt
     assert proc.returncode == 0, describe(proc)
     out = tmp_path / "m.pth"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            *PRETRAIN, "-epochs", "2", "-out", str(out)]
-    p = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        for line in p.stdout:
-            if line.startswith("epoch 1/2"):
-                p.terminate()  # torchrun passes the signal on to its workers
-                break
-        p.wait(60)
-    finally:
-        p.kill()
+    _stop_after_first_epoch(cmd, "terminate")
     state_path = tmp_path / "m-resume.pth"
     assert load(state_path)["epoch"] == 1, "the job was not stopped inside epoch 2"
     resumed = subprocess.run(cmd + ["-resume", str(state_path)], cwd=REPO, env=_env(), capture_output=True,
@@ -108,24 +114,11 @@ def test_every_trainable_parameter_gets_a_gradient():
 
 # ---- -resume -------------------------------------------------------------------------------
 
-def _kill_after_first_epoch(out):
-    p = subprocess.Popen([sys.executable, *PRETRAIN, "-epochs", "2", "-out", str(out)], cwd=REPO, env=_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        for line in p.stdout:
-            if line.startswith("epoch 1/2"):
-                p.kill()
-                break
-    finally:
-        p.kill()
-        p.wait(60)
-
-
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(smallcnn_ckpt, tmp_path):
     # smallcnn_ckpt comes from the same command run for 2 epochs without interruption
     whole = load(smallcnn_ckpt.replace(".pth", "-resume.pth"))
     out = tmp_path / "m.pth"
-    _kill_after_first_epoch(out)
+    _stop_after_first_epoch([sys.executable, *PRETRAIN, "-epochs", "2", "-out", str(out)], "kill")
     state_path = tmp_path / "m-resume.pth"
     assert load(state_path)["epoch"] == 1, "the run was not stopped inside epoch 2"
     proc = run_inprocess([*PRETRAIN, "-epochs", "2", "-out", out, "-resume", state_path])
@@ -175,15 +168,20 @@ here={repo}
 source "$here/grid_common.sh"
 MAIN=forget_full_class_main.py
 ARGS=(-net SmallCNN -dataset Digits -classes 10 -b 64)
-TARGETS=('-forget_class 1' '-forget_class 2')
+TARGETS=({targets})
 METHODS=(baseline retrain_full lipschitz_forgetting)
 grid_main "$@"
 """
 
 
-def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp_path):
+def _grid_script(tmp_path, targets="'-forget_class 1' '-forget_class 2'"):
     script = tmp_path / "grid.sh"
-    script.write_text(GRID.format(repo=REPO))
+    script.write_text(GRID.format(repo=REPO, targets=targets))
+    return script
+
+
+def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp_path):
+    script = _grid_script(tmp_path)
     results = tmp_path / "r.jsonl"
     env = dict(_env(), RESULTS=str(results),
                EXTRA_ARGS=f"-epochs 1 -relearn_max_steps 0 -retrain_dir {tmp_path / 'retrained'}")
@@ -214,8 +212,7 @@ def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp
 
 def test_kill_stops_a_one_slot_grid_at_once(smallcnn_ckpt, tmp_path):
     """TERM (kill, timeout, a scheduler) stops the run in flight, not after it."""
-    script = tmp_path / "grid.sh"
-    script.write_text(GRID.format(repo=REPO))
+    script = _grid_script(tmp_path)
     results = tmp_path / "r.jsonl"
     env = dict(_env(), RESULTS=str(results), ONLY_METHODS="retrain_full",
                EXTRA_ARGS=f"-epochs 50 -relearn_max_steps 0 -retrain_dir {tmp_path}")
@@ -248,8 +245,7 @@ def _processes_mentioning(text):
 
 
 def test_a_grid_reports_failed_runs_and_finishes_the_rest(smallcnn_ckpt, tmp_path):
-    script = tmp_path / "grid.sh"
-    script.write_text(GRID.format(repo=REPO).replace("'-forget_class 2'", "'-forget_class 12'"))
+    script = _grid_script(tmp_path, targets="'-forget_class 1' '-forget_class 12'")
     results = tmp_path / "r.jsonl"
     env = dict(_env(), RESULTS=str(results), ONLY_METHODS="baseline", EXTRA_ARGS="-relearn_max_steps 0")
     proc = subprocess.run(["bash", str(script), "cpu,cpu", "0", smallcnn_ckpt], env=env, capture_output=True,
