@@ -176,14 +176,6 @@ def test_sub_class_run_forgets_the_fine_class(other_runs):
     assert rec["n_forget"] < int((train.targets == 1).sum())  # only half of super-class {2, 3}
 
 
-def test_sub_class_jit_defaults_come_from_its_table(other_runs):
-    proc, results = other_runs["sub"]
-    assert proc.returncode == 0, describe(proc)
-    rec = only_record(results)
-    top = forget_sub_class_main.JIT["default"]
-    assert (rec["sigma"], rec["eta"], rec["n_samples"]) == (top["sigma"], top["eta"], top["n_samples"])
-
-
 def test_random_run_forgets_the_requested_fraction(other_runs):
     proc, results = other_runs["random"]
     assert proc.returncode == 0, describe(proc)
@@ -195,11 +187,12 @@ def test_random_run_forgets_the_requested_fraction(other_runs):
     assert rec["n_retain"] == 1437 - 71
 
 
-def test_random_jit_defaults_come_from_its_table(other_runs):
-    proc, results = other_runs["random"]
+@pytest.mark.parametrize("run, main", [("sub", forget_sub_class_main), ("random", forget_random_main)])
+def test_jit_defaults_come_from_each_main_table(other_runs, run, main):
+    proc, results = other_runs[run]
     assert proc.returncode == 0, describe(proc)
     rec = only_record(results)
-    top = forget_random_main.JIT["default"]
+    top = main.JIT["default"]
     assert (rec["sigma"], rec["eta"], rec["n_samples"]) == (top["sigma"], top["eta"], top["n_samples"])
 
 
