@@ -1,5 +1,5 @@
 """Shared fixtures: quick pretrained SmallCNN checkpoints on Digits/Digits5, a runner for the
-command-line scripts (subprocess, repository root as cwd) and tiny CIFAR files in
+command-line scripts (subprocess, a scratch folder as cwd) and tiny CIFAR files in
 torchvision's python-pickle format. Everything is written under pytest's tmp paths."""
 import contextlib
 import io
@@ -8,6 +8,7 @@ import pickle
 import runpy
 import subprocess
 import sys
+import tempfile
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,9 +42,23 @@ def _env():
     return env
 
 
+_WORKDIR = []
+
+
+def workdir():
+    """The working folder of every script a test runs: a scratch folder, so that whatever a
+    script writes to its default relative paths (results/, checkpoint/retrained/, ...) never
+    lands in the checkout, where a later quickstart would find it."""
+    if not _WORKDIR:
+        _WORKDIR.append(Path(tempfile.mkdtemp(prefix="jit-tests-cwd-")))
+    return _WORKDIR[0]
+
+
 def run_script(args, timeout=SCRIPT_TIMEOUT):
-    """Run ``python <args...>`` in the repository root; return the CompletedProcess."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=_env(),
+    """Run ``python <script> <args...>`` (``script`` relative to the repository) in the
+    scratch folder; return the CompletedProcess."""
+    script, *rest = map(str, args)
+    return subprocess.run([sys.executable, str(REPO / script), *rest], cwd=workdir(), env=_env(),
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -58,7 +73,7 @@ def run_scripts(arg_lists, parallel=1, timeout=SCRIPT_TIMEOUT):
 
 def run_inprocess(args):
     """Run ``<script> <args...>`` as ``__main__`` inside this interpreter (no torch import
-    cost), cwd = repository root, and report it like a finished process: returncode from
+    cost), cwd = the scratch folder, and report it like a finished process: returncode from
     SystemExit (0 if the script returns), captured stdout/stderr; an exception escaping the
     script is written to stderr as a traceback with returncode 1, as Python would."""
     script, *rest = map(str, args)
@@ -67,7 +82,7 @@ def run_inprocess(args):
     sys.argv = [script, *rest]
     code = 0
     try:
-        with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.chdir(workdir()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 runpy.run_path(str(REPO / script), run_name="__main__")
             except SystemExit as e:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import workdir
 
 import report
 from models import VGG16
@@ -21,7 +22,7 @@ def _grid(script, *args, env=None):
     e = dict(os.environ, HF_HUB_OFFLINE="1")
     e.update(env or {})
     return subprocess.run(["bash", str(REPO / script), *map(str, args)], capture_output=True, text=True,
-                          env=e, timeout=600)
+                          env=e, timeout=600, cwd=workdir())
 
 
 def test_every_paper_grid_is_there():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, _env, describe, run_inprocess, run_scripts
+from conftest import REPO, _env, describe, run_inprocess, run_scripts, workdir
 
 import experiment
 import methods
@@ -187,7 +187,8 @@ def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp
                EXTRA_ARGS=f"-epochs 1 -relearn_max_steps 0 -retrain_dir {tmp_path / 'retrained'}")
     cmd = ["bash", str(script), "cpu,cpu", "0", smallcnn_ckpt]
 
-    grid = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    grid = subprocess.Popen(cmd, env=env, cwd=workdir(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     deadline = time.time() + 240
     while len(read_records(results)) < 3 and grid.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -197,7 +198,7 @@ def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp
     assert 3 <= len(first) < 6, "the grid was not killed midway"
     assert all(line.strip() for line in results.read_text().splitlines())
 
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, env=env, cwd=workdir(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, describe(rerun)
     recs = read_records(results)
     assert sorted((r["method"], r["forget"]) for r in recs) == sorted(
@@ -216,7 +217,7 @@ def test_kill_stops_a_one_slot_grid_at_once(smallcnn_ckpt, tmp_path):
     results = tmp_path / "r.jsonl"
     env = dict(_env(), RESULTS=str(results), ONLY_METHODS="retrain_full",
                EXTRA_ARGS=f"-epochs 50 -relearn_max_steps 0 -retrain_dir {tmp_path}")
-    grid = subprocess.Popen(["bash", str(script), "cpu", "0", smallcnn_ckpt], env=env, stdout=subprocess.PIPE,
+    grid = subprocess.Popen(["bash", str(script), "cpu", "0", smallcnn_ckpt], env=env, cwd=workdir(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert grid.stdout.readline().startswith("== forget_full_class_main.py retrain_full")
@@ -248,7 +249,7 @@ def test_a_grid_reports_failed_runs_and_finishes_the_rest(smallcnn_ckpt, tmp_pat
     script = _grid_script(tmp_path, targets="'-forget_class 1' '-forget_class 12'")
     results = tmp_path / "r.jsonl"
     env = dict(_env(), RESULTS=str(results), ONLY_METHODS="baseline", EXTRA_ARGS="-relearn_max_steps 0")
-    proc = subprocess.run(["bash", str(script), "cpu,cpu", "0", smallcnn_ckpt], env=env, capture_output=True,
+    proc = subprocess.run(["bash", str(script), "cpu,cpu", "0", smallcnn_ckpt], env=env, cwd=workdir(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 1, describe(proc)
     assert "1 run(s) failed" in proc.stderr and "baseline -forget_class 12 (exit 2" in proc.stderr
