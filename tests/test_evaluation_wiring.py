@@ -1,0 +1,267 @@
+"""The evaluation wiring, end to end through the real mains, with planted outputs.
+
+A "planted" model reads each image's index (written into its pixels) and returns logits the
+test chose for that image. Every record field is then recomputed here by hand from the planted
+logits and the split, written out literally, so a swapped split, a swapped role or the wrong
+batch size in any metric changes at least one field. The logits are drawn so that every group
+of images has its own distribution: training images are confident (low entropy), test images
+diffuse, forget-class test images often wrong; no two splits share a value by accident.
+"""
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import datasets
+import experiment
+import metrics
+import models
+
+REPO = Path(__file__).resolve().parent.parent
+N_TRAIN, N_TEST, N_FINE = 307, 131, 10  # not multiples of the batch, so the last batch is partial
+B = 16                                  # -b: the reference's mean-of-batch accuracy uses it
+
+
+def _encode(n, is_test):
+    """uint8 images (n, 32, 32, 3) carrying their index in pixel (0, 0) of channels 0/1 and the
+    split (0 train, 255 test) in channel 2; the rest is noise the model ignores."""
+    rng = np.random.default_rng(n)
+    img = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    idx = np.arange(n)
+    img[:, 0, 0, 0], img[:, 0, 0, 1], img[:, 0, 0, 2] = idx % 256, idx // 256, 255 if is_test else 0
+    return img
+
+
+class Planted(nn.Module):
+    """Logits looked up by image index: ``train_logits[i]`` for training image i,
+    ``test_logits[i]`` for test image i (parameters, so the state dict carries them)."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.train_logits = nn.Parameter(torch.zeros(N_TRAIN, num_classes))
+        self.test_logits = nn.Parameter(torch.zeros(N_TEST, num_classes))
+
+    def forward(self, x):
+        mean, std = torch.tensor(datasets.MEAN), torch.tensor(datasets.STD)
+        px = ((x[:, :, 0, 0] * std + mean) * 255).round().long()  # undo Normalize on pixel (0, 0)
+        idx, is_test = px[:, 0] + 256 * px[:, 1], px[:, 2] > 127
+        return torch.where(is_test[:, None], self.test_logits[idx.clamp(max=N_TEST - 1)],
+                           self.train_logits[idx.clamp(max=N_TRAIN - 1)])
+
+
+def _labels(rng):
+    fine_train, fine_test = rng.integers(0, N_FINE, N_TRAIN), rng.integers(0, N_FINE, N_TEST)
+    return fine_train, fine_test
+
+
+def _planted_logits(rng, labels, scale_lo, scale_hi, p_right, num_classes):
+    """Random logits whose argmax is the label with probability about ``p_right``, with a
+    per-image confidence scale in [scale_lo, scale_hi)."""
+    n = len(labels)
+    z = rng.normal(size=(n, num_classes))
+    right = rng.random(n) < p_right
+    z[np.arange(n), labels] = np.where(right, z.max(1) + 1.0, z.min(1) - 1.0)
+    return torch.tensor(z * rng.uniform(scale_lo, scale_hi, size=(n, 1)), dtype=torch.float32)
+
+
+@pytest.fixture
+def planted(tmp_path, monkeypatch):
+    """Install the planted data and net; return a runner of one main that gives back the
+    record together with everything needed to recompute it."""
+    rng = np.random.default_rng(0)
+    fine_train, fine_test = _labels(rng)
+    images = {False: _encode(N_TRAIN, False), True: _encode(N_TEST, True)}
+
+    def load(name, root="./data", train=True, size=32, augment=False):
+        fine_tr, fine_te = fine_train, fine_test
+        fine = fine_tr if train else fine_te
+        tf = datasets.ImageTransform(size, augment)
+        if name == "Digits5":  # coarse model labels, fine labels in the middle slot
+            return datasets.ArrayImages(images[not train], fine // 2, fine=fine, transform=tf)
+        return datasets.ArrayImages(images[not train], fine, transform=tf)
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    monkeypatch.setitem(models.MODELS, "Planted", Planted)
+
+    def run(main, dataset, classes_args, target_args, num_classes):
+        y_train = fine_train // 2 if dataset == "Digits5" else fine_train
+        y_test = fine_test // 2 if dataset == "Digits5" else fine_test
+        net = Planted(num_classes)
+        # training images confident and mostly right, test images diffuse and less often right
+        net.train_logits.data = _planted_logits(rng, y_train, 3.0, 9.0, 0.9, num_classes)
+        net.test_logits.data = _planted_logits(rng, y_test, 0.2, 1.5, 0.6, num_classes)
+        gold = Planted(num_classes)
+        gold.train_logits.data = _planted_logits(rng, y_train, 0.5, 3.0, 0.5, num_classes)
+        gold.test_logits.data = _planted_logits(rng, y_test, 0.5, 3.0, 0.5, num_classes)
+        weights = tmp_path / "planted.pth"
+        torch.save(net.state_dict(), weights)
+        results = tmp_path / "results.jsonl"
+        argv = [main, "-net", "Planted", "-dataset", dataset, *classes_args, *target_args,
+                "-method", "baseline", "-weight_path", str(weights), "-b", str(B), "-seed", "3",
+                "-results", str(results), "-retrain_dir", str(tmp_path / "retrained")]
+        # a saved "retrained" model for JSToRetrain / ActDistToRetrain, where the run looks for it
+        ns = type("A", (), {"retrain_dir": str(tmp_path / "retrained"), "dataset": dataset, "net": "Planted",
+                            "seed": 3})()
+        setting = {"forget_full_class_main.py": "fullclass", "forget_sub_class_main.py": "subclass",
+                   "forget_random_main.py": "random"}[main]
+        forget = target_args[1] if target_args[0] == "-forget_class" else float(target_args[1])
+        gold_path = Path(experiment.retrain_checkpoint(ns, setting, forget, "retrain_full"))
+        gold_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(gold.state_dict(), gold_path)
+
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as ex:
+            runpy.run_path(str(REPO / main), run_name="__main__")
+            raise SystemExit(0)
+        assert ex.value.code in (0, None)
+        (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+        return record, dict(net=net, gold=gold, y_train=y_train, y_test=y_test, fine_train=fine_train,
+                            fine_test=fine_test)
+
+    return run
+
+
+# ---- the oracle: every metric written out literally ------------------------------------------
+
+def mean_of_batches(correct, b):
+    accs, i = [], 0
+    while i < len(correct):
+        chunk = correct[i:i + b]
+        accs.append(sum(chunk) / len(chunk))
+        i += b
+    return 100.0 * sum(accs) / len(accs)
+
+
+def softmax_rows(lg):
+    out = []
+    for row in lg.tolist():
+        m = max(row)
+        e = [math.exp(v - m) for v in row]
+        s = sum(e)
+        out.append([v / s for v in e])
+    return out
+
+
+def entropies(lg):
+    return np.array([-sum(p * math.log(p) for p in row if p > 0) for row in softmax_rows(lg)])
+
+
+def losses(lg, y):
+    return np.array([-math.log(row[int(t)]) for row, t in zip(softmax_rows(lg), y)])
+
+
+def mia(retain_ent, forget_ent, test_ent):
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([retain_ent, test_ent]).reshape(-1, 1)
+    y = np.concatenate([np.ones(len(retain_ent)), np.zeros(len(test_ent))])  # member = 1
+    clf = LogisticRegression(class_weight="balanced", C=2.0).fit(x, y)
+    return float(clf.predict(forget_ent.reshape(-1, 1)).mean())
+
+
+def js(p, q):
+    total = 0.0
+    for a, b in zip(p, q):
+        m = [(u + v) / 2 for u, v in zip(a, b)]
+        kl_a = sum(u * math.log(u / w) for u, w in zip(a, m) if u > 0)
+        kl_b = sum(v * math.log(v / w) for v, w in zip(b, m) if v > 0)
+        total += 0.5 * kl_a + 0.5 * kl_b
+    return total / len(p)
+
+
+def act_dist(p, q):
+    return sum(math.sqrt(sum((u - v) ** 2 for u, v in zip(a, b))) for a, b in zip(p, q)) / len(p)
+
+
+def expected(split, planted):
+    """Every metric field from the planted logits and the split ({name: (source, indices)})."""
+    net, gold = planted["net"], planted["gold"]
+    logits = {"train": net.train_logits.detach(), "test": net.test_logits.detach()}
+    labels = {"train": planted["y_train"], "test": planted["y_test"]}
+
+    def part(name):
+        src, idx = split[name]
+        return logits[src][list(idx)], labels[src][list(idx)]
+
+    out = {}
+    for key, name in (("TestAcc", "test"), ("RetainTestAcc", "retain_valid"), ("Df", "forget_valid")):
+        lg, y = part(name)
+        correct = [int(int(np.argmax(row)) == int(t)) for row, t in zip(lg.tolist(), y)]
+        out[key] = mean_of_batches(correct, B)
+        out[key + "Exact"] = 100.0 * sum(correct) / len(correct)
+    ent = {n: entropies(part(n)[0]) for n in ("retain_train", "forget_train", "test")}
+    out["MIA"] = mia(ent["retain_train"], ent["forget_train"], ent["test"])
+    (f_lg, f_y), (t_lg, t_y) = part("forget_train"), part("test")
+    for name, feat in (("Entropy", lambda lg, y: entropies(lg)), ("Loss", losses)):
+        auc, tpr = metrics.membership_attack(feat(f_lg, f_y), feat(t_lg, t_y))
+        out[f"MIA{name}AUC"], out[f"MIA{name}TPR@1%FPR"] = auc, tpr
+    p = softmax_rows(f_lg)
+    q = softmax_rows(gold.train_logits.detach()[list(split["forget_train"][1])])
+    out["JSToRetrain"], out["ActDistToRetrain"] = js(p, q), act_dist(p, q)
+    return out
+
+
+def check(record, want):
+    for key, value in want.items():
+        assert record[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert record["RetrainReference"] == "retrain_full"
+    assert record["RelearnSteps"] == 0  # the unchanged model already has its own Df
+
+
+def test_full_class_record_equals_the_hand_computed_metrics(planted):
+    cls = 3
+    record, p = planted("forget_full_class_main.py", "Digits", ["-classes", "10"], ["-forget_class", str(cls)], 10)
+    y_tr, y_te = p["y_train"], p["y_test"]
+    # retain test images grouped by class in class order, as the reference builds them
+    retain_valid = [i for k in range(10) if k != cls for i in range(N_TEST) if y_te[i] == k]
+    split = {"forget_train": ("train", [i for i in range(N_TRAIN) if y_tr[i] == cls]),
+             "retain_train": ("train", [i for i in range(N_TRAIN) if y_tr[i] != cls]),
+             "forget_valid": ("test", [i for i in range(N_TEST) if y_te[i] == cls]),
+             "retain_valid": ("test", retain_valid),
+             "test": ("test", list(range(N_TEST)))}
+    want = expected(split, p)
+    assert want["MIA"] > 0.5, "planted: forget images look like members before unlearning"
+    check(record, want)
+    assert record["n_forget"] == len(split["forget_train"][1])
+    assert record["n_retain"] == len(split["retain_train"][1])
+
+
+def test_sub_class_record_equals_the_hand_computed_metrics(planted):
+    fine = 3
+    record, p = planted("forget_sub_class_main.py", "Digits5", ["-superclasses", "5", "-subclasses", "10"],
+                        ["-forget_class", str(fine)], 5)
+    f_tr, f_te = p["fine_train"], p["fine_test"]
+    split = {"forget_train": ("train", [i for i in range(N_TRAIN) if f_tr[i] == fine]),
+             "retain_train": ("train", [i for i in range(N_TRAIN) if f_tr[i] != fine]),
+             "forget_valid": ("test", [i for i in range(N_TEST) if f_te[i] == fine]),
+             "retain_valid": ("test", datasets.split_sub_class(
+                 type("T", (), {"fine": f_tr, "targets": f_tr // 2})(),
+                 type("T", (), {"fine": f_te, "targets": f_te // 2})(), fine)["retain_valid"][1]),
+             "test": ("test", list(range(N_TEST)))}
+    # the sub-class retain test set keeps exactly the test images of other fine classes
+    assert sorted(split["retain_valid"][1]) == [i for i in range(N_TEST) if f_te[i] != fine]
+    check(record, expected(split, p))
+
+
+def test_random_record_equals_the_hand_computed_metrics(planted):
+    perc = 0.1
+    record, p = planted("forget_random_main.py", "Digits", ["-classes", "10"], ["-forget_perc", str(perc)], 10)
+    forget = record.get("forget_indices")
+    if forget is None:  # the split is drawn from the seed: take it from the split function
+        tr = type("T", (), {"__len__": lambda s: N_TRAIN})()
+        te = type("T", (), {"__len__": lambda s: N_TEST})()
+        forget = list(datasets.split_random(tr, te, perc, 3)["forget_train"][1])
+    assert len(forget) == record["n_forget"]
+    rest = sorted(set(range(N_TRAIN)) - set(forget))
+    split = {"forget_train": ("train", forget), "retain_train": ("train", rest),
+             "forget_valid": ("train", forget),  # Df: the forgotten training images themselves
+             "retain_valid": ("test", list(range(N_TEST))),
+             "test": ("test", list(range(N_TEST)))}
+    want = expected(split, p)
+    check(record, want)
