@@ -7,6 +7,7 @@ set up front, and a 224×224 ViT input exists only inside the batch being used. 
 plain numpy arrays (``targets`` = model labels, ``fine`` = fine labels or None), so forget
 and retain splits are computed from them directly.
 """
+import math
 import os
 import pickle
 
@@ -20,7 +21,7 @@ from utils import UserError
 MEAN = (0.5071, 0.4865, 0.4409)
 STD = (0.2673, 0.2564, 0.2762)
 
-# Forget targets: command-line name -> label id (REFERENCE §2).
+# Forget targets: command-line name -> label id, as the reference names them.
 CIFAR100_FORGET = {"rocket": 69, "mushroom": 51, "baby": 2, "lamp": 40, "sea": 71}
 CIFAR20_FORGET = {"vehicle2": 19, "veg": 4, "people": 14, "electrical_devices": 5, "natural_scenes": 10}
 
@@ -138,10 +139,14 @@ class FileImages(ArrayImages):
         self.side = side
 
     def load(self, i):
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(self.paths[i]) as im:
-            return np.array(im.convert("RGB").resize((self.side, self.side), Image.BILINEAR))
+        try:
+            with Image.open(self.paths[i]) as im:
+                return np.array(im.convert("RGB").resize((self.side, self.side), Image.BILINEAR))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            # a truncated or corrupt file passes the header check and fails only here
+            raise UserError(f"cannot decode image {self.paths[i]}: {type(e).__name__}: {_first_line(e)}") from None
 
 
 def _missing(folder, files, what):
@@ -153,33 +158,100 @@ def _missing(folder, files, what):
         )
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler for CIFAR batch files that builds only what they hold (dicts, lists,
+    bytes, str, numbers and numpy arrays) and refuses every other global, so a file carrying
+    a ``__reduce__`` payload is refused before anything of it runs. The allowed names are
+    what numpy arrays, dtypes and scalars pickle as (numpy 1 and 2 module paths, protocols
+    0 to 5) and ``_codecs.encode``, which protocols 0-2 use for Python 3 bytes."""
+
+    ALLOWED = frozenset(
+        [(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")]
+        + [(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")]
+        + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+    )
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        raise _Refused("a persistent id")
+
+
 def _unpickle(path):
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _CifarUnpickler(f, encoding="bytes").load()
+    except _Refused as e:
+        raise UserError(f"refusing {path}: it references {e}, which no CIFAR file holds, and loading it "
+                        f"could run code") from None
     except Exception as e:  # corrupt or truncated file
-        raise UserError(f"cannot read {path}: {e}") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"cannot read {path}: not a CIFAR batch file ({type(e).__name__}: {first})") from None
 
 
-def _cifar_images(d):
-    return d[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+def _describe(v):
+    if isinstance(v, np.ndarray):
+        return f"a {v.dtype} array of shape {v.shape}"
+    return f"a {type(v).__name__}"
+
+
+def _cifar_batch(path, label_keys):
+    """Load one CIFAR batch file and check it is one: a dict with ``data``, an (n, 3072)
+    uint8 array, and, for each ``label_keys`` entry (key -> number of classes), n integer
+    labels in range. Returns (images (n, 32, 32, 3), [labels per key])."""
+    d = _unpickle(path)
+    what = f"{path} is not a CIFAR batch file"
+    if not isinstance(d, dict):
+        raise UserError(f"{what}: it holds {_describe(d)}, not a dict")
+    # torchvision's files are Python 2 pickles (bytes keys); accept str keys as well
+    d = {k.encode() if isinstance(k, str) else k: v for k, v in d.items()}
+    missing = [k.decode() for k in (b"data", *label_keys) if k not in d]
+    if missing:
+        raise UserError(f"{what}: no {', '.join(repr(m) for m in missing)} entry")
+    data = d[b"data"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise UserError(f"{what}: 'data' should be a uint8 array of shape (n, 3072), it is {_describe(data)}")
+    labels = []
+    for key, classes in label_keys.items():
+        raw = d[key]
+        try:
+            y = np.asarray(raw)
+        except Exception:  # noqa: BLE001 - e.g. ragged nested lists
+            y = None
+        if y is None or y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or y.size == 0):
+            raise UserError(f"{what}: {key.decode()!r} should be a list of integer labels, it is {_describe(raw)}")
+        if len(y) != len(data):
+            raise UserError(f"{what}: {len(y)} {key.decode()!r} for {len(data)} images")
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            raise UserError(f"{what}: {key.decode()!r} holds labels outside 0..{classes - 1} "
+                            f"(min {y.min()}, max {y.max()})")
+        labels.append(y.astype(np.int64))
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def _load_cifar10(root, train):
     folder = os.path.join(root, "cifar-10-batches-py")
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     _missing(folder, [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "CIFAR-10")
-    batches = [_unpickle(os.path.join(folder, n)) for n in names]
-    images = np.concatenate([_cifar_images(b) for b in batches])
-    labels = np.concatenate([np.asarray(b[b"labels"]) for b in batches])
+    batches = [_cifar_batch(os.path.join(folder, n), {b"labels": 10}) for n in names]
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1][0] for b in batches])
     return images, labels, None
 
 
 def _load_cifar100(root, train):
     folder = os.path.join(root, "cifar-100-python")
     _missing(folder, ["train", "test"], "CIFAR-100")
-    d = _unpickle(os.path.join(folder, "train" if train else "test"))
-    return _cifar_images(d), np.asarray(d[b"fine_labels"]), np.asarray(d[b"coarse_labels"])
+    images, (fine, coarse) = _cifar_batch(os.path.join(folder, "train" if train else "test"),
+                                          {b"fine_labels": 100, b"coarse_labels": 20})
+    return images, fine, coarse
 
 
 def _digits_split():
@@ -205,6 +277,11 @@ def _load_digits(train):
 
 
 def _pins_files(root):
+    """(paths, labels, class names) of the Pins ImageFolder. Every image file's header is
+    opened here (cheap: no pixel is decoded), so a file that is not an image is named now,
+    not by a DataLoader halfway through a run."""
+    from PIL import Image, UnidentifiedImageError
+
     folder = os.path.join(root, "105_classes_pins_dataset")
     if not os.path.isdir(folder):
         raise UserError(f"Pins data not found: expected an ImageFolder at {folder} (one sub-folder per person)")
@@ -213,20 +290,51 @@ def _pins_files(root):
     exts = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
     for c, name in enumerate(classes):
         sub = os.path.join(folder, name)
-        files = sorted(f for f in os.listdir(sub) if f.lower().endswith(exts))
+        files = sorted(f for f in os.listdir(sub) if f.lower().endswith(exts) and os.path.isfile(os.path.join(sub, f)))
         paths += [os.path.join(sub, f) for f in files]
         labels += [c] * len(files)
     if not paths:
         raise UserError(f"Pins data not found: no images under {folder}")
+    for p in paths:
+        try:
+            with Image.open(p):
+                pass
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise UserError(f"cannot read Pins image {p}: {type(e).__name__}: {_first_line(e)}") from None
     return np.array(paths), np.array(labels), classes
 
 
+def _first_line(e):
+    return str(e).splitlines()[0] if str(e) else ""
+
+
 def _load_pins(root, train):
-    """Pins has no official split: 80/20 per class with a fixed seed."""
+    """Pins has no official split: 80/20 per class with a fixed seed. Every person needs at
+    least two images, and there must be at least as many test (and train) images as people,
+    for the split to put each person on both sides."""
     from sklearn.model_selection import train_test_split
 
     paths, labels, classes = _pins_files(root)
-    itr, ite = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=labels)
+    folder = os.path.join(root, "105_classes_pins_dataset")
+    counts = np.bincount(labels, minlength=len(classes))
+    single = [classes[c] for c in np.flatnonzero(counts == 1)]
+    if single:
+        raise UserError(f"Pins person folder {os.path.join(folder, single[0])} has a single image "
+                        f"({len(single)} such folder(s)): the 80/20 split per person needs at least 2 each")
+    people, n = int((counts > 0).sum()), len(labels)
+
+    def both_sides(n):  # scikit-learn's own test-size arithmetic
+        n_test = math.ceil(0.2 * n)
+        return min(n_test, n - n_test) >= people
+
+    if not both_sides(n):
+        need = next(m for m in range(n, 10 * people + 10) if both_sides(m))
+        raise UserError(f"Pins data at {folder} has {n} images of {people} people: an 80/20 split with every "
+                        f"person on both sides needs at least {need} images")
+    try:
+        itr, ite = train_test_split(np.arange(n), test_size=0.2, random_state=0, stratify=labels)
+    except ValueError as e:
+        raise UserError(f"cannot split the Pins data at {folder}: {_first_line(e)}") from None
     idx = itr if train else ite
     return paths[idx], labels[idx], classes
 

@@ -1,4 +1,4 @@
-"""Train the model that is later unlearned (REFERENCE §4).
+"""Train the model that is later unlearned.
 
 python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 -gpu
 SGD (momentum 0.9, weight decay 5e-4), cross-entropy, a one-cycle cosine schedule with max lr
@@ -12,8 +12,17 @@ torchrun --nproc_per_node 4 pretrain_model.py -net VGG16 -dataset Cifar100 -clas
 -b stays the global batch: each of the K processes takes -b/K images per step, so the steps
 per epoch and the learning-rate schedule are those of a one-process run. Rank 0 alone
 evaluates, prints and saves. NCCL with -gpu, gloo on the CPU.
+
+Bad flags are refused before any work, and under torchrun by rank 0 alone (one line); every
+process then exits with status 2 and no traceback. torchrun reports the failure in its own
+words: a traceback of its launcher ending in a "ChildFailedError" block whose root cause is a
+rank with "exitcode : 2"; the ranks still exiting when it stopped the job show "-15 (SIGTERM)".
+An existing -out is never replaced without -overwrite (a -resume of the run that wrote it
+continues writing there).
 """
+import datetime
 import os
+import sys
 import time
 
 import numpy as np
@@ -25,7 +34,20 @@ import datasets
 import metrics
 from engine import Warmup, train_epoch
 from models import MODELS, ViT, build_model, input_size
-from utils import Parser, UserError, atomic_save, cli, resolve_device, seed_everything
+from utils import (
+    Parser,
+    UserError,
+    atomic_save,
+    check_writable,
+    cli,
+    float_above,
+    int_in,
+    non_finite_tensors,
+    one_line,
+    resolve_device,
+    seed_everything,
+    seed_type,
+)
 
 # Epochs of the reference per net and data set; Digits* is this project's CPU quickstart.
 EPOCHS = {
@@ -62,28 +84,42 @@ def freeze_unused(model):
     return model
 
 
-def parse_args():
+class RankError(UserError):
+    """A UserError that only this process has (the others do not say it for it)."""
+
+
+def parse_args(argv=None):
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("-net", required=True, choices=list(MODELS))
     p.add_argument("-dataset", required=True, choices=list(datasets.DATASETS))
-    p.add_argument("-classes", type=int, required=True, help="number of classes of the model")
+    p.add_argument("-classes", type=int_in(1), required=True,
+                   help="number of classes of the model: the data set's (Digits5 5, Digits/Cifar10 10, Cifar20 20, "
+                        "Cifar100 100, PinsFaceRecognition 105)")
     p.add_argument("-gpu", action="store_true", help="train on CUDA (under torchrun: one GPU per process)")
-    p.add_argument("-b", type=int, default=64, help="batch size (global: split evenly over torchrun's processes)")
-    p.add_argument("-warm", type=int, default=1, help="warm-up epochs")
-    p.add_argument("-lr", type=float, default=0.1, help="maximum learning rate of the one-cycle schedule")
-    p.add_argument("-epochs", type=int, default=None, help="epochs (default: the reference's per net/data set)")
-    p.add_argument("-seed", type=int, default=0)
+    p.add_argument("-b", type=int_in(1), default=64,
+                   help="global batch size, an integer >= 1; under torchrun a multiple of the number of processes")
+    p.add_argument("-warm", type=int_in(0), default=1, help="warm-up epochs, an integer >= 0")
+    p.add_argument("-lr", type=float_above(0), default=0.1,
+                   help="maximum learning rate of the one-cycle schedule, a finite number > 0")
+    p.add_argument("-epochs", type=int_in(1), default=None,
+                   help="epochs, an integer >= 1 (default: the reference's per net/data set)")
+    p.add_argument("-seed", type=seed_type, default=0, help="seed, an integer in 0..2**32-1")
     p.add_argument("-data_root", default="./data")
     p.add_argument("-out", default=None,
-                   help="save the best checkpoint to this path (default: checkpoint/{net}/{time}/{net}-{dataset}-{epoch}-best.pth)")
+                   help="save the best checkpoint to this path, and the training state beside it as *-resume.pth; "
+                        "an existing file is refused unless -overwrite (default: checkpoint/{net}/{time}/"
+                        "{net}-{dataset}-{epoch}-best.pth)")
+    p.add_argument("-overwrite", action="store_true",
+                   help="allow -out to replace an existing checkpoint and its training state")
     p.add_argument("-resume", default=None, metavar="STATE",
                    help="continue the run whose training state this is (the *-resume.pth file saved after every epoch)")
     p.add_argument("-sync_bn", action="store_true",
                    help="under torchrun with -gpu: batch-norm statistics over all processes' images (SyncBatchNorm)")
     p.add_argument("-vit_weights", default="google/vit-base-patch16-224",
                    help="ViT starting weights: a Hugging Face hub name (in the local cache) or a local directory")
-    p.add_argument("-workers", type=int, default=None, help="data-loader workers per process (default: 0 on CPU, 4 on GPU)")
-    return p.parse_args()
+    p.add_argument("-workers", type=int_in(0), default=None,
+                   help="data-loader workers per process, an integer >= 0 (default: 0 on CPU, 4 on GPU)")
+    return p.parse_args(argv)
 
 
 class Dist:
@@ -96,12 +132,33 @@ class Dist:
         self.device = resolve_device(use_gpu)
         if self.device.type == "cuda" and self.world > 1:
             if local >= torch.cuda.device_count():
-                raise UserError(f"process {local} has no GPU: {torch.cuda.device_count()} visible for "
+                raise RankError(f"process {local} has no GPU: {torch.cuda.device_count()} visible for "
                                 f"--nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', self.world)}")
             self.device = torch.device("cuda", local)
             torch.cuda.set_device(self.device)
+        self.errors = None
         if self.world > 1:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            # a CPU group with a short timeout, only for ending a refused job in order (fail())
+            self.errors = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=60))
+
+    def fail(self, error):
+        """End this process after a UserError that every process of the job meets (a bad
+        flag, missing data): rank 0 prints it once; the others wait until it has, so that
+        torchrun, which stops the job at the first exit, never cuts the message; then all
+        leave the group and exit 2. A RankError is printed by the process that has it.
+        Without torchrun this returns and the caller's cli prints the error."""
+        if self.world == 1 or not dist.is_initialized():
+            return
+        if self.main or isinstance(error, RankError):
+            print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        if not isinstance(error, RankError):
+            try:
+                dist.barrier(group=self.errors)
+            except Exception:  # noqa: BLE001 - a process that did not fail: exit all the same
+                pass
+        self.close()
+        sys.exit(2)
 
     @property
     def main(self):
@@ -135,6 +192,9 @@ def load_resume_state(path, args, epochs):
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise UserError(f"{path} is not a training state saved by pretrain_model.py "
                         f"(pass the *-resume.pth file, not the best checkpoint)")
+    bad = non_finite_tensors(state["model"]) if isinstance(state.get("model"), dict) else []
+    if bad:
+        raise UserError(f"refusing {path}: {len(bad)} tensor(s) of its model hold NaN or inf values (first {bad[0]})")
     given = dict(vars(args), epochs=epochs)
     diff = [f"-{k} {state['args'][k]} (now {given[k]})" for k in RESUME_IDENTITY if state["args"].get(k) != given[k]]
     if diff:
@@ -142,26 +202,65 @@ def load_resume_state(path, args, epochs):
     return state
 
 
-def main():
-    args = parse_args()
+def resume_path(out):
+    return os.path.splitext(out)[0] + "-resume.pth"
+
+
+def check_args(args, world):
+    """Everything about the flags that can be refused before any work; returns (epochs,
+    resume state or None). Reads the files it names, writes nothing."""
     if datasets.DATASETS[args.dataset] != args.classes:
         raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset]} classes, but -classes {args.classes} was given")
-    epochs = args.epochs or default_epochs(args.net, args.dataset)
-    if not epochs or epochs < 1:
+    epochs = args.epochs if args.epochs is not None else default_epochs(args.net, args.dataset)
+    if epochs is None:
         raise UserError(f"no default epoch count for {args.net} on {args.dataset}: pass -epochs")
-    if args.b < 1 or args.lr <= 0 or args.warm < 0:
-        raise UserError("-b must be >= 1, -lr > 0 and -warm >= 0")
+    if args.b % world:
+        raise UserError(f"-b {args.b} does not split evenly over {world} processes: give a multiple of {world}")
     state = load_resume_state(args.resume, args, epochs) if args.resume else None
+    if state is not None:
+        check_writable(args.resume, "-resume")
+    if args.out is not None:
+        check_writable(args.out, "-out")
+        same_run = state is not None and state.get("out") is not None and \
+            os.path.abspath(state["out"]) == os.path.abspath(args.out)
+        taken = [p for p in (args.out, resume_path(args.out)) if os.path.lexists(p)]
+        if taken and not args.overwrite and not same_run:
+            hint = f", -resume {resume_path(args.out)} to continue that run" if os.path.exists(resume_path(args.out)) else ""
+            raise UserError(f"-out {args.out}: {taken[0]} exists already; pass -overwrite to replace it{hint}, "
+                            f"or choose another -out")
+    elif state is None:
+        check_writable(os.path.join("checkpoint", args.net, "new.pth"), "the default checkpoint folder of -out")
+    return epochs, state
+
+
+def main(argv=None):
+    # Errors before the process group exists (argparse, -gpu without CUDA) are printed by
+    # every process: there is no way yet to let rank 0 alone speak without the risk that
+    # torchrun stops it before it does.
+    args = parse_args(argv)
     ctx = Dist(args.gpu)
     try:
+        epochs, state = check_args(args, ctx.world)
         train_model(args, epochs, state, ctx)
+    except UserError as e:
+        ctx.fail(e)
+        raise
     finally:
         ctx.close()
 
 
+def save(obj, path, state_path, epoch):
+    """atomic_save, with a failure (a full disk) as one line: the files saved after the
+    previous epoch are intact (atomic), and -resume continues from them."""
+    try:
+        atomic_save(obj, path)
+    except OSError as e:
+        after = (f"the training state saved after epoch {epoch - 1} is {state_path}: free space and continue "
+                 f"with -resume {state_path}") if epoch > 1 or os.path.exists(state_path) else "nothing was saved"
+        raise UserError(f"cannot save {path} after epoch {epoch}: {e.strerror or e}; {after}") from None
+
+
 def train_model(args, epochs, state, ctx):
-    if args.b % ctx.world:
-        raise UserError(f"-b {args.b} does not split evenly over {ctx.world} processes")
     if args.sync_bn and not (ctx.device.type == "cuda" and ctx.world > 1):
         raise UserError("-sync_bn needs -gpu under torchrun with more than one process")
     device = ctx.device
@@ -199,8 +298,8 @@ def train_model(args, epochs, state, ctx):
 
     if state is None:
         start, best_acc, best_path = 1, -1.0, None
-        if args.out:
-            state_path = os.path.splitext(args.out)[0] + "-resume.pth"
+        if args.out is not None:
+            state_path = resume_path(args.out)
         else:
             folder = os.path.join("checkpoint", args.net, time.strftime("%Y%m%d-%H%M%S"))
             state_path = os.path.join(folder, f"{args.net}-{args.dataset}-resume.pth")
@@ -210,7 +309,8 @@ def train_model(args, epochs, state, ctx):
         sched.t = state["warm_t"]
         start, best_acc, best_path = state["epoch"] + 1, state["best_acc"], state["best_path"]
         state_path = args.resume
-        args.out = args.out or state.get("out")  # keep writing the best checkpoint where the run did
+        if args.out is None:
+            args.out = state.get("out")  # keep writing the best checkpoint where the run did
         if ctx.main:
             print(f"resuming after epoch {state['epoch']}/{epochs} (best so far {best_acc:.2f}%) from {state_path}")
     if args.sync_bn:
@@ -237,17 +337,17 @@ def train_model(args, epochs, state, ctx):
             line = f"epoch {epoch}/{epochs}  loss {loss:.4f}  test acc {acc:.2f}%"
             old_best = None
             if acc > best_acc:
-                path = args.out or os.path.join(os.path.dirname(state_path), f"{args.net}-{args.dataset}-{epoch}-best.pth")
-                atomic_save(model.state_dict(), path)
+                path = args.out if args.out is not None else os.path.join(os.path.dirname(state_path), f"{args.net}-{args.dataset}-{epoch}-best.pth")
+                save(model.state_dict(), path, state_path, epoch)
                 old_best = best_path if best_path != path else None
                 best_acc, best_path = acc, path
                 line += "  (best, saved)"
             # the state first, then the old best goes: a kill in between never leaves the
             # state pointing at a deleted checkpoint
-            atomic_save(dict(format=RESUME_FORMAT, epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
-                             onecycle=onecycle.state_dict(), warm_t=sched.t, best_acc=best_acc, best_path=best_path,
-                             out=args.out, world=ctx.world, args={k: getattr(args, k) for k in RESUME_IDENTITY} | {"epochs": epochs}),
-                        state_path)
+            save(dict(format=RESUME_FORMAT, epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
+                      onecycle=onecycle.state_dict(), warm_t=sched.t, best_acc=best_acc, best_path=best_path,
+                      out=args.out, world=ctx.world, args={k: getattr(args, k) for k in RESUME_IDENTITY} | {"epochs": epochs}),
+                 state_path, state_path, epoch)
             if old_best and os.path.exists(old_best):
                 os.remove(old_best)  # keep only the best so far
             print(line, flush=True)

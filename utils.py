@@ -1,9 +1,13 @@
-"""Small shared pieces: user-facing errors, the argument parser, device, seeds, checkpoints
-and result records."""
+"""Small shared pieces: user-facing errors, the argument parser and its range-checked types,
+device, seeds, checkpoints, writable-path checks and result records.
+
+torch is imported inside the functions that need it, so that modules which only read records
+(report.py) import without torch installed."""
 import argparse
 import datetime
 import fcntl
 import json
+import math
 import os
 import pickle
 import platform
@@ -13,11 +17,24 @@ import tempfile
 from importlib import metadata
 
 import numpy as np
-import torch
+
+# np.random.seed and numpy's SeedSequence take seeds in [0, 2**32).
+SEED_MAX = 2**32 - 1
 
 
 class UserError(Exception):
     """A problem with what the user asked for: reported as one line, never a traceback."""
+
+
+def one_line(message):
+    """The message of a UserError as one line. A UserError raised inside a DataLoader worker
+    comes back re-raised with the worker's whole traceback in its message: keep its last line,
+    which is the original message."""
+    text = str(message).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split("UserError: ", 1)[1] if "UserError: " in last else last
+    return " ".join(text.split("\n"))
 
 
 def cli(main):
@@ -25,7 +42,7 @@ def cli(main):
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -43,6 +60,45 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
 
 
+# ---- argparse types that refuse out-of-range values at parse time (one line, exit 2) -------
+
+def int_in(lo, hi=None):
+    """An argparse type: an integer in [lo, hi] (no upper bound when hi is None)."""
+    span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {span}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_above(lo, inclusive=False):
+    """An argparse type: a finite float > lo (>= lo with ``inclusive``); nan and inf refused."""
+    span = f"{'>=' if inclusive else '>'} {lo:g}"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a finite number {span}, got {text!r}") from None
+        if not math.isfinite(value) or value < lo or (value == lo and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+seed_type = int_in(0, SEED_MAX)
+
+
 def progress_bar(iterable, desc, enabled=True):
     """A tqdm bar on a terminal; silent when output is redirected (logs stay readable)."""
     from tqdm import tqdm
@@ -53,6 +109,8 @@ def progress_bar(iterable, desc, enabled=True):
 def resolve_device(use_gpu):
     """One device decided once. ``-gpu`` with no CUDA is an error, not a silent CPU run.
     Which GPU is chosen by CUDA_VISIBLE_DEVICES, as in the reference's grid scripts."""
+    import torch
+
     if not use_gpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -61,14 +119,29 @@ def resolve_device(use_gpu):
 
 
 def seed_everything(seed):
+    import torch
+
+    if not 0 <= seed <= SEED_MAX:
+        raise UserError(f"-seed must be an integer in 0..{SEED_MAX} (got {seed})")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def non_finite_tensors(state):
+    """Names of the floating-point tensors of a state dict holding a NaN or an infinity."""
+    import torch
+
+    return [k for k, t in state.items() if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex())
+            and not torch.isfinite(t).all()]
+
+
 def load_weights(model, path, net, classes):
     """Load a plain state dict with ``weights_only=True`` (a pickle that carries code is
-    refused, never executed) and ``strict=True``."""
+    refused, never executed) and ``strict=True``. Weights holding NaN or inf are refused:
+    any run from them would be noise, and its record would blame the method."""
+    import torch
+
     if not path:
         raise UserError("-weight_path is required (a state dict saved by pretrain_model.py)")
     if not os.path.isfile(path):
@@ -87,6 +160,10 @@ def load_weights(model, path, net, classes):
         raise UserError(f"cannot read weight file {path}: {type(e).__name__}: {first}") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path} is not a plain state dict (name -> tensor)")
+    bad = non_finite_tensors(state)
+    if bad:
+        raise UserError(f"refusing {path}: {len(bad)} tensor(s) hold NaN or inf values (first {bad[0]}); "
+                        f"a model with non-finite weights cannot be evaluated or unlearned")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -100,6 +177,8 @@ def load_weights(model, path, net, classes):
 def atomic_save(obj, path):
     """torch.save to a temporary file in the target folder, then rename: a crash never
     leaves a half-written checkpoint under the final name."""
+    import torch
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -112,16 +191,94 @@ def atomic_save(obj, path):
             os.remove(tmp)
 
 
-def append_record(path, record):
-    """Append one JSON line: a whole line or nothing, never over what is there.
+# ---- output paths checked before any work ------------------------------------------------
 
-    The file is opened in append mode and held under an exclusive lock (``flock``) while the
-    line is written, so concurrent writers (a grid on several GPUs) never interleave. If a
-    writer was killed inside a write and left a torn last line, the new line starts on a
-    line of its own (``read_records`` skips the torn one)."""
+def check_writable(path, flag):
+    """Raise UserError (one line naming ``flag``) unless ``path`` can be written as a file:
+    not empty, not a directory, under folders that exist or can be created, and actually
+    writable. Called before any work, so a run never computes for an hour and then fails on
+    its output. Writability is tested by opening (an existing file, for appending, without
+    changing it) or by creating and removing a probe file in the nearest existing folder:
+    permission bits alone say nothing for root or on a read-only mount."""
+    if path is None or not str(path).strip():
+        raise UserError(f"{flag} is empty: give a file path")
+    path = os.fspath(path)
+    if path.endswith(("/", os.sep)):
+        raise UserError(f"{flag} {path} names a folder: give a file path")
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a directory: give a file path")
+    if os.path.lexists(path):
+        if not os.path.exists(path):
+            raise UserError(f"{flag} {path} is a broken symbolic link")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        except OSError as e:
+            raise UserError(f"{flag} {path} cannot be written: {e.strerror}") from None
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {path} cannot be written: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path} cannot be written: {folder}: {e.strerror}") from None
+
+
+def check_results_path(path, flag="-results"):
+    """check_writable, and an existing non-empty file must already be JSON lines: records are
+    never appended into a checkpoint, an image or any other file named by mistake."""
+    check_writable(path, flag)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    binary = b"\0" in head
+    if binary or head.lstrip()[:1] not in (b"{", b""):
+        why = "binary data" if binary else "its first line is not a JSON object"
+        raise UserError(f"{flag} {path} exists and is not a JSON-lines results file ({why}); name another file")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a character cut at the end of the chunk
+            raise UserError(f"{flag} {path} exists and is not a JSON-lines results file (not UTF-8 text); "
+                            f"name another file") from None
+
+
+# ---- records ----------------------------------------------------------------------------
+
+def json_safe(obj):
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, numpy scalars and
+    arrays turned into Python values, tuples into lists: what strict JSON can hold. In the
+    records, null stands for "not a number" (or not measured)."""
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # a 0-d tensor
+        return json_safe(obj.item())
+    return str(obj)
+
+
+def record_line(record):
+    """One record as a strict-JSON line (no NaN/Infinity tokens: non-finite floats are null)."""
+    return json.dumps(json_safe(record), allow_nan=False) + "\n"
+
+
+def _append_line(path, line):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    line = (json.dumps(record, sort_keys=False) + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -129,23 +286,70 @@ def append_record(path, record):
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line
         view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            # a part of the line may be there (a full disk): take it back, best effort
+            try:
+                if os.path.isfile(path):
+                    os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise
     finally:
         os.close(fd)  # releases the lock
 
 
+def _fallback_paths(path):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"unsaved-record-{os.path.splitext(os.path.basename(path) or 'results')[0]}-{stamp}-{os.getpid()}.jsonl"
+    return [os.path.join(os.getcwd(), name), os.path.join(tempfile.gettempdir(), name)]
+
+
+def append_record(path, record):
+    """Append one record to ``path`` as one strict-JSON line (see record_line); return the
+    path it was written to.
+
+    A whole line or nothing, never over what is there: the file is opened in append mode and
+    held under an exclusive lock (``flock``) while the line is written, so concurrent writers
+    (a grid on several GPUs) never interleave. If a writer was killed inside a write and left a
+    torn last line, the new line starts on a line of its own (``read_records`` skips the torn
+    one). If ``path`` cannot be written at the end of a run (a full disk, a folder gone
+    read-only), the run is not lost: the record goes to a file in the working folder (else in
+    the temporary folder) and one warning line says where."""
+    line = record_line(record).encode()
+    try:
+        _append_line(path, line)
+        return path
+    except OSError as e:
+        first = e
+    tried = []
+    for fallback in _fallback_paths(path):
+        try:
+            _append_line(fallback, line)
+        except OSError as e:
+            tried.append(f"{fallback}: {e.strerror}")
+            continue
+        print(f"warning: cannot append to {path} ({first.strerror or first}); the record was written to "
+              f"{fallback} instead (append it with: cat {fallback} >> {path})", file=sys.stderr)
+        return fallback
+    raise UserError(f"cannot append to {path} ({first.strerror or first}) nor write a fallback file "
+                    f"({'; '.join(tried)}); the record was: {line.decode().strip()}")
+
+
 def read_records(path):
-    """All whole JSON lines of a results file (a torn last line is skipped)."""
+    """All whole JSON lines of a results file (a torn last line, or any line that is not
+    JSON, is skipped; bytes that are not UTF-8 never raise)."""
     if not os.path.isfile(path):
         return []
     out = []
-    with open(path) as f:
-        for line in f:
+    with open(path, "rb") as f:
+        for raw in f:
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                out.append(json.loads(raw.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 continue
     return out
 
@@ -162,6 +366,8 @@ def library_versions():
 
 def device_name(device):
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
 
