@@ -1,13 +1,2 @@
 #!/usr/bin/env bash
-# CIFAR-10 random forgetting (0.165% of the training set, ~83 images), VGG16 (weights: a VGG16 trained on Cifar10).
-# usage: cifar10_random_exps_vgg.sh GPU[,GPU...]|cpu SEED [WEIGHT_PATH]
-set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/grid_common.sh"
-
-MAIN=forget_random_main.py
-ARGS=(-net VGG16 -dataset Cifar10 -classes 10 -b 128)
-TARGETS=('-forget_perc 0.00165')
-METHODS=(baseline retrain retrain_full finetune blindspot amnesiac FisherForgetting ssd_tuning lfssd_tuning lipschitz_forgetting scrub)
-
-grid_main "$@"
+exec "${PYTHON:-python3}" "$(dirname "$0")/grid.py" cifar10_random_vgg "$@"

@@ -1,13 +1,2 @@
 #!/usr/bin/env bash
-# CIFAR-20 full-class forgetting, ViT (weights: a ViT trained on Cifar20, 20 classes).
-# usage: cifar20_fullclass_exps_vit.sh GPU[,GPU...]|cpu SEED [WEIGHT_PATH]
-set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/grid_common.sh"
-
-MAIN=forget_full_class_main.py
-ARGS=(-net ViT -dataset Cifar20 -classes 20 -b 128)
-TARGETS=('-forget_class vehicle2' '-forget_class veg' '-forget_class people' '-forget_class electrical_devices' '-forget_class natural_scenes')
-METHODS=(baseline retrain retrain_full finetune blindspot amnesiac UNSIR ssd_tuning lipschitz_forgetting scrub gkt emmn)
-
-grid_main "$@"
+exec "${PYTHON:-python3}" "$(dirname "$0")/grid.py" cifar20_fullclass_vit "$@"

@@ -41,22 +41,9 @@ done
 # 2. generated CIFAR-100, a brief -gpu pretraining, the VGG16 full-class grid
 data=$out/data
 # CIFAR-100 files in the python format under $1: $2 training and $3 test images per class,
-# random around a class-dependent mean colour (something for a network to learn)
+# random around a class-dependent grey level (something for a network to learn)
 write_cifar100() {
-    python - "$@" <<'EOF'
-import os, pickle, sys
-import numpy as np
-root = os.path.join(sys.argv[1], "cifar-100-python")
-os.makedirs(root, exist_ok=True)
-coarse_of = np.random.default_rng(1).integers(0, 20, 100)  # any fixed fine -> coarse map will do
-rng = np.random.default_rng(0)
-for name, per_class in (("train", int(sys.argv[2])), ("test", int(sys.argv[3]))):
-    fine = rng.permutation(np.repeat(np.arange(100), per_class))
-    data = np.clip(rng.normal(fine[:, None] * 2.5, 40, (len(fine), 3072)), 0, 255).astype(np.uint8)
-    with open(os.path.join(root, name), "wb") as f:
-        pickle.dump({b"data": data, b"fine_labels": fine.tolist(), b"coarse_labels": coarse_of[fine].tolist(),
-                     b"filenames": [b"%d.png" % i for i in range(len(fine))]}, f)
-EOF
+    python tools/fake_cifar.py "$1" -dataset cifar100 -train_per_class "$2" -test_per_class "$3" -learnable
 }
 write_cifar100 "$data" "${per_class[@]}"
 t0=$SECONDS
@@ -76,7 +63,7 @@ summary "pretrain -resume ${dev[*]}: exit $? in $((SECONDS - t0)) s: $(grep -E "
 if [ -f "$out/vgg16-cifar100.pth" ]; then
     t0=$SECONDS
     RESULTS=$out/grid.jsonl EXTRA_ARGS="-data_root $data -epochs 1 -gkt_batches 20 -relearn_max_steps 10 -retrain_dir $out/retrained" \
-        timeout "$limit" ./cifar100_fullclass_exps_vgg.sh "$slot" 0 "$out/vgg16-cifar100.pth" > "$out/grid.log" 2>&1
+        PYTHON=python timeout "$limit" ./cifar100_fullclass_exps_vgg.sh "$slot" 0 "$out/vgg16-cifar100.pth" > "$out/grid.log" 2>&1
     summary "cifar100_fullclass_exps_vgg.sh $slot: exit $? in $((SECONDS - t0)) s, $(wc -l < "$out/grid.jsonl" 2>/dev/null || echo 0) records"
     python report.py "$out/grid.jsonl" -out "$out/grid-report" > /dev/null 2>&1
 fi

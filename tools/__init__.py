@@ -1,0 +1,1 @@
+"""Helpers that are not part of an experiment: generated data for tests and device checks."""
