@@ -1,7 +1,7 @@
 """Benchmark JiT and evaluation against the hardware's limit, on synthetic CIFAR-100-shaped
 data with randomly initialised VGG16 (32×32) and ViT-B/16 (224×224).
 
-python bench.py --device cuda [--amp]          # full sizes (REFERENCE §7): 500 forget images, 60,000 evaluated
+python bench.py --device cuda [--amp]          # full sizes: 500 forget images, 60,000 evaluated
 python bench.py --device cpu --sizes small     # a small CPU machine
 Prints one JSON line per figure: seconds, images/s, peak GPU and host memory. Figures:
 forward_limit (plain batched forward, no data loading), jit (JiT on the forget images, N=25,
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 import datasets
 import metrics
-from experiment import evaluate_split
+from evaluation import evaluate_split
 from Lipschitz import jit_unlearn
 from models import VGG16, ViT
 

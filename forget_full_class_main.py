@@ -3,11 +3,8 @@
 python forget_full_class_main.py -net VGG16 -dataset Cifar100 -classes 100 -gpu \
     -method lipschitz_forgetting -forget_class rocket -weight_path W.pth -seed 0
 """
-import sys
-
 import datasets
-from experiment import task_main
-from utils import cli
+from experiment import Task, main
 
 # JiT hyperparameters for this task: σ (the reference's lipschitz_weighting), η (its
 # learning_rate), N perturbations per sample. Edit here or pass -sigma/-eta/-n_samples.
@@ -32,5 +29,7 @@ def task(args):
     return args.classes, cls, lambda tr, te: datasets.split_full_class(tr, te, cls)
 
 
+TASK = Task(SETTING, BATCH, JIT, add_task_args, task, __doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    cli(lambda: task_main(sys.modules[__name__]))
+    main(TASK)

@@ -3,11 +3,9 @@
 python forget_random_main.py -net VGG16 -dataset Cifar10 -classes 10 -gpu \
     -method lipschitz_forgetting -forget_perc 0.00165 -weight_path W.pth -seed 0
 """
-import sys
-
 import datasets
-from experiment import task_main
-from utils import UserError, cli
+from experiment import Task, main
+from utils import UserError
 
 # JiT hyperparameters for this task (see forget_full_class_main.py).
 JIT = {
@@ -33,5 +31,7 @@ def task(args):
     return args.classes, None, lambda tr, te: datasets.split_random(tr, te, args.forget_perc, args.seed)
 
 
+TASK = Task(SETTING, BATCH, JIT, add_task_args, task, __doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    cli(lambda: task_main(sys.modules[__name__]))
+    main(TASK)

@@ -3,11 +3,9 @@
 python forget_sub_class_main.py -net VGG16 -dataset Cifar20 -superclasses 20 -subclasses 100 -gpu \
     -method lipschitz_forgetting -forget_class rocket -weight_path W.pth -seed 0
 """
-import sys
-
 import datasets
-from experiment import task_main
-from utils import UserError, cli
+from experiment import Task, main
+from utils import UserError
 
 # JiT hyperparameters for this task (see forget_full_class_main.py).
 JIT = {
@@ -35,5 +33,7 @@ def task(args):
     return args.superclasses, cls, lambda tr, te: datasets.split_sub_class(tr, te, cls)
 
 
+TASK = Task(SETTING, BATCH, JIT, add_task_args, task, __doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    cli(lambda: task_main(sys.modules[__name__]))
+    main(TASK)

@@ -4,36 +4,68 @@ python sweep.py -setting fullclass -net SmallCNN -dataset Digits -classes 10 -fo
     -weight_path checkpoint/quickstart/SmallCNN-Digits.pth -sigmas 0.1,0.5,1,2 -etas 3e-4,3e-3,3e-2,0.3
 
 Data and model are loaded once and the weights restored before every point. Each point is an
-ordinary record in -results (points already recorded there are reused, so a sweep resumes);
-the baseline and a retrain (retrain_full, run once if -results holds none) are recorded too.
+ordinary record in -results, identified by its own flags (σ, η, the switches and every flag
+that changes a run), never by the sweep's -sigmas/-etas/-plot: points already recorded there
+are reused, so a sweep resumes and a widened grid runs only its new points. The baseline and
+a retrain (retrain_full, run once if -results holds none) are recorded too, and reused alike.
 Writes the Dr–Df frontier plot to -plot and prints, per switch combination, the best Dr at
 which JiT reaches Df ≤ 2 × retrain's Df + 5 points.
 """
+import argparse
 import copy
 import itertools
+import math
 import os
 import sys
 
 import forget_full_class_main
 import forget_random_main
 import forget_sub_class_main
-from experiment import base_parser, execute, prepare, recorded, resolve_jit
+from experiment import execute, prepare
+from flags import base_parser, resolve_jit
 from Lipschitz import GRAD_MODES, MODEL_MODES, REDUCTIONS
+from records import run_identity
 from report import retrain_index, target_key
-from utils import Parser, UserError, cli, read_records
+from utils import Parser, UserError, check_results_path, check_writable, cli, read_records
 
 MAINS = {m.SETTING: m for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
 SWITCHES = ("jit_grad", "jit_reduction", "jit_mode")
+# Flags of the sweep command, not of any one point: left out of each point's arguments, so a
+# point is the same run whatever grid or plot it was asked for in (and the same run as a
+# forget_*_main.py with its flags).
+SWEEP_ONLY = ("sigmas", "etas", "plot", "all_switches", "setting")
 
 
-def float_list(text):
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"not a comma-separated list of numbers: {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise UserError(f"σ and η values must be > 0: {text!r}")
+def float_list(text, flag):
+    """The values of a comma-separated list flag: each a finite number > 0, none empty (a
+    hole such as 1,,2 is a typo, never dropped silently) and none twice."""
+    items = text.split(",")
+    values = []
+    for i, item in enumerate(items, 1):
+        if not item.strip():
+            raise UserError(f"{flag} {text!r}: item {i} of {len(items)} is empty; give comma-separated numbers > 0")
+        try:
+            v = float(item)
+        except ValueError:
+            raise UserError(f"{flag} {text!r}: {item.strip()!r} is not a number") from None
+        if not math.isfinite(v) or v <= 0:
+            raise UserError(f"{flag} {text!r}: every value must be a finite number > 0, not {item.strip()}")
+        if v in values:
+            raise UserError(f"{flag} {text!r}: {v:g} is given twice")
+        values.append(v)
     return values
+
+
+def point_identity(setting, args_dict):
+    return run_identity(setting, {k: v for k, v in args_dict.items() if k not in SWEEP_ONLY})
+
+
+def find_point(records, setting, args):
+    """The record in ``records`` of the run ``args`` describes, or None. Records written by
+    earlier sweeps (whose args held the sweep-only flags) match too."""
+    want = point_identity(setting, vars(args))
+    return next((r for r in records if isinstance(r, dict) and isinstance(r.get("args"), dict)
+                 and point_identity(r.get("setting"), r["args"]) == want), None)
 
 
 def parse_args(argv):
@@ -44,8 +76,8 @@ def parse_args(argv):
     p = base_parser(__doc__.splitlines()[0], batch_size=main.BATCH, with_method=False)
     p.add_argument("-setting", default="fullclass", choices=list(MAINS), help="which forget_*_main.py task")
     main.add_task_args(p)
-    p.add_argument("-sigmas", required=True, help="comma-separated σ values")
-    p.add_argument("-etas", required=True, help="comma-separated η values")
+    p.add_argument("-sigmas", required=True, help="comma-separated σ values, each a finite number > 0")
+    p.add_argument("-etas", required=True, help="comma-separated η values, each a finite number > 0")
     p.add_argument("-all_switches", action="store_true",
                    help="also sweep every combination of -jit_grad, -jit_reduction and -jit_mode")
     p.add_argument("-plot", default="results/sweep.png", help="where to write the frontier plot (PNG)")
@@ -116,17 +148,20 @@ def plot(points, baseline, retrain, path, title):
 
 def main(argv=None):
     main_module, args = parse_args(sys.argv[1:] if argv is None else argv)
-    sigmas, etas = float_list(args.sigmas), float_list(args.etas)
-    resolve_jit(args, main_module.JIT)
+    sigmas, etas = float_list(args.sigmas, "-sigmas"), float_list(args.etas, "-etas")
+    jit = resolve_jit(args, main_module.JIT)
+    check_results_path(args.results)
+    check_writable(args.plot, "-plot")
     setting = main_module.SETTING
     exp = prepare(args, setting, *main_module.task(args))
     initial = copy.deepcopy(exp.model.state_dict())
+    base = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in SWEEP_ONLY})
 
     def point(**changes):
-        a = copy.copy(args)
+        a = copy.copy(base)
         for k, v in changes.items():
             setattr(a, k, v)
-        done = recorded(a, setting)
+        done = find_point(read_records(args.results), setting, a)
         if done is not None:
             print(f"reused: {a.method} σ={a.sigma:g} η={a.eta:g}")
             return done
@@ -137,8 +172,10 @@ def main(argv=None):
     key = target_key(dict(setting=setting, dataset=args.dataset, net=args.net, forget=exp.forget, seed=args.seed))
     retrain = retrain_index(read_records(args.results)).get(key) or point(method="retrain_full")
 
-    combos = (list(itertools.product(GRAD_MODES, REDUCTIONS, MODEL_MODES)) if args.all_switches
-              else [(args.jit_grad, args.jit_reduction, args.jit_mode)])
+    # a switch left unset on the command line is the value JiT resolved for it (its default)
+    given = tuple(getattr(args, s, None) if getattr(args, s, None) is not None else getattr(jit, s.split("_", 1)[1])
+                  for s in SWITCHES)
+    combos = list(itertools.product(GRAD_MODES, REDUCTIONS, MODEL_MODES)) if args.all_switches else [given]
     points = [point(sigma=s, eta=e, **dict(zip(SWITCHES, c)))
               for c in combos for s in sigmas for e in etas]
 
@@ -150,7 +187,11 @@ def main(argv=None):
 
     title = (f"JiT on {args.dataset}/{args.net}, {setting}, forget {exp.forget}, seed {args.seed}, "
              f"N={args.n_samples}")
-    plot(points, baseline, retrain, args.plot, title)
+    try:
+        plot(points, baseline, retrain, args.plot, title)
+    except OSError as e:  # checked writable before the sweep: a full disk, or a folder gone meanwhile
+        raise UserError(f"every point is recorded in {args.results}, but the plot {args.plot} could not be "
+                        f"written ({e.strerror or e}); rerun the same command to draw it") from None
     print(f"\nbaseline: Dr {baseline['RetainTestAcc']:.2f}  Df {baseline['Df']:.2f}")
     print(f"{retrain['method']}: Dr {retrain['RetainTestAcc']:.2f}  Df {retrain['Df']:.2f}  "
           f"-> target Df ≤ {criterion(retrain['Df']):.2f}")

@@ -3,16 +3,15 @@ tiny model and synthetic data, then one end-to-end run per main that offers the 
 import copy
 import functools
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MAINS, SETTING, Triples, describe, run_inprocess
+from helpers import MAINS, SETTING, Triples, describe, hp_for, run_inprocess
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-import baselines_distill as bd
+import methods.distill as bd
 from methods import METHODS, UnlearnData
 
 C = 4
@@ -76,13 +75,6 @@ def trained_net():
     return model
 
 
-def args(**kw):
-    base = dict(seed=0, bt_epochs=None, bt_lr=None, amnesiac_epochs=None,
-                scrub_epochs=None, scrub_msteps=None, scrub_alpha=None, scrub_gamma=None)
-    base.update(kw)
-    return SimpleNamespace(**base)
-
-
 def params(model):
     return [p.detach().clone() for p in model.parameters()]
 
@@ -113,7 +105,7 @@ def test_scrub_trains_the_student_and_never_the_teacher(monkeypatch):
         return pairs[-1]
 
     monkeypatch.setattr(bd, "scrub_pair", capture)
-    out = bd.scrub(model, data, args(), torch.device("cpu"))
+    out = bd.scrub(model, data, hp_for("scrub", data), torch.device("cpu"))
     (student, teacher), = pairs
     assert out is student is model and teacher is not student
     assert not same(params(student), before)
@@ -126,7 +118,7 @@ def test_scrub_max_steps_only_in_the_first_msteps_epochs(monkeypatch):
     calls = []
     monkeypatch.setattr(bd, "scrub_max_epoch", lambda s, t, loader, *a: calls.append(("max", loader)))
     monkeypatch.setattr(bd, "scrub_min_epoch", lambda s, t, loader, *a: calls.append(("min", loader)))
-    bd.scrub(make_net(seed=0), data, args(scrub_epochs=4, scrub_msteps=2), torch.device("cpu"))
+    bd.scrub(make_net(seed=0), data, hp_for("scrub", data, scrub_epochs=4, scrub_msteps=2), torch.device("cpu"))
     f, r = data.forget_train, data.retain_train
     assert calls == [("max", f), ("min", r), ("max", f), ("min", r), ("min", r), ("min", r)]
 
@@ -143,10 +135,10 @@ def test_scrub_max_epoch_increases_forget_kl_to_the_teacher():
     data, _ = make_data()
     torch.manual_seed(0)
     student, teacher = _perturbed_pair(data)
-    kl0 = forget_kl(teacher, student, data.forget_train, bd.SCRUB["temperature"])
+    kl0 = forget_kl(teacher, student, data.forget_train, bd.ScrubHP.temperature)
     opt = torch.optim.SGD(student.parameters(), lr=0.01)
-    bd.scrub_max_epoch(student, teacher, data.forget_train, opt, bd.SCRUB["temperature"], "cpu")
-    kl1 = forget_kl(teacher, student, data.forget_train, bd.SCRUB["temperature"])
+    bd.scrub_max_epoch(student, teacher, data.forget_train, opt, bd.ScrubHP.temperature, "cpu")
+    kl1 = forget_kl(teacher, student, data.forget_train, bd.ScrubHP.temperature)
     assert kl1 > kl0 > 0
 
 
@@ -155,10 +147,10 @@ def test_scrub_min_epoch_with_kl_only_decreases_kl_to_the_teacher():
     data, _ = make_data()
     torch.manual_seed(0)
     student, teacher = _perturbed_pair(data)
-    kl0 = forget_kl(teacher, student, data.forget_train, bd.SCRUB["temperature"])
+    kl0 = forget_kl(teacher, student, data.forget_train, bd.ScrubHP.temperature)
     opt = torch.optim.SGD(student.parameters(), lr=0.01)
-    bd.scrub_min_epoch(student, teacher, data.forget_train, opt, bd.SCRUB["temperature"], 1.0, 0.0, "cpu")
-    assert forget_kl(teacher, student, data.forget_train, bd.SCRUB["temperature"]) < kl0
+    bd.scrub_min_epoch(student, teacher, data.forget_train, opt, bd.ScrubHP.temperature, 1.0, 0.0, "cpu")
+    assert forget_kl(teacher, student, data.forget_train, bd.ScrubHP.temperature) < kl0
 
 
 def test_distill_kl_matches_the_definition():
@@ -176,7 +168,7 @@ def test_blindspot_incompetent_teacher_is_a_fresh_frozen_model():
     data, built = make_data()
     model = trained_net()
     torch.manual_seed(5)
-    bd.blindspot(model, data, args(), torch.device("cpu"))
+    bd.blindspot(model, data, hp_for("blindspot", data), torch.device("cpu"))
     teacher, = built
     torch.manual_seed(5)
     fresh = params(data.build_fresh())
@@ -189,7 +181,7 @@ def test_blindspot_moves_the_student_toward_the_incompetent_teacher_on_forget_sa
     data, built = make_data()
     model = trained_net()
     original = copy.deepcopy(model)
-    bd.blindspot(model, data, args(bt_epochs=3), torch.device("cpu"))
+    bd.blindspot(model, data, hp_for("blindspot", data, bt_epochs=3), torch.device("cpu"))
     bad, = built
     assert forget_kl(bad, model, data.forget_train) < forget_kl(bad, original, data.forget_train)
 
@@ -257,7 +249,7 @@ def test_amnesiac_trains_away_from_the_true_labels_of_forget_samples():
     y = torch.full((len(x),), data.forget_class)
     with torch.no_grad():
         before = F.cross_entropy(model.eval()(x), y)
-    bd.amnesiac(model, data, args(amnesiac_epochs=5), torch.device("cpu"))
+    bd.amnesiac(model, data, hp_for("amnesiac", data, amnesiac_epochs=5), torch.device("cpu"))
     with torch.no_grad():
         assert F.cross_entropy(model.eval()(x), y) > before
 

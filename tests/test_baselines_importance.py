@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import MAINS, SETTING, describe, run_inprocess
+from helpers import MAINS, SETTING, describe, hp_for, run_inprocess
 from torch.utils.data import DataLoader
 
-import baselines_importance as bi
+import hparams
+import methods.importance as bi
 from methods import METHODS, UnlearnData
-from utils import UserError
 
 C = 5  # classes of the tiny model
 
@@ -58,10 +58,6 @@ def tiny_data(setting="fullclass", net="Tiny", forget_class=0, seed=0, relabel=N
         dataset="Tiny", net=net, build_fresh=tiny_model)
 
 
-def args(**kw):
-    return SimpleNamespace(**{"seed": 0, "ssd_alpha": None, "ssd_lambda": None, "fisher_alpha": None, **kw})
-
-
 # ---- SSD / LF-SSD -------------------------------------------------------------------------
 
 def slow_importance(model, loader, loss_of, reduce):
@@ -91,7 +87,7 @@ def test_ssd_dampens_exactly_the_selected_weights(method, oracle, flags, alpha, 
     i_f = slow_importance(copy.deepcopy(model), data.forget_train, *oracle)
     i_d = slow_importance(copy.deepcopy(model), data.full_train, *oracle)
 
-    METHODS[method].fn(model, data, args(**flags), "cpu")
+    METHODS[method].fn(model, data, hp_for(method, data, **flags), "cpu")
 
     n_selected = n_damped = n_clamped = 0
     for p_old, p_new, f, d in zip(old.parameters(), model.parameters(), i_f, i_d):
@@ -127,9 +123,9 @@ def test_lfssd_never_touches_labels():
                  [(x, f, Unreadable()) for x, f, _ in data.full_train]
     blind = tiny_model()
     METHODS["lfssd_tuning"].fn(blind, replace(data, forget_train=unlabelled[0], full_train=unlabelled[1]),
-                               args(), "cpu")
+                               hp_for("lfssd_tuning", data), "cpu")
     model = tiny_model()
-    METHODS["lfssd_tuning"].fn(model, data, args(), "cpu")
+    METHODS["lfssd_tuning"].fn(model, data, hp_for("lfssd_tuning", data), "cpu")
     for p, q in zip(blind.parameters(), model.parameters()):
         assert torch.equal(p, q)
     assert any(not torch.equal(p, p0) for p, p0 in zip(model.parameters(), tiny_model().parameters()))
@@ -140,7 +136,7 @@ def test_lfssd_result_does_not_depend_on_labels():
     results = []
     for relabel in (None, lambda y: torch.tensor(10 ** 6), lambda y: torch.tensor(-3)):
         model = tiny_model()
-        METHODS["lfssd_tuning"].fn(model, tiny_data(relabel=relabel), args(), "cpu")
+        METHODS["lfssd_tuning"].fn(model, tiny_data(relabel=relabel), hp_for("lfssd_tuning", tiny_data(relabel=relabel)), "cpu")
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
@@ -152,15 +148,20 @@ def test_lfssd_result_does_not_depend_on_labels():
 ])
 def test_ssd_defaults_follow_the_setting_table(setting, net, expected):
     data = SimpleNamespace(setting=setting, net=net)
-    assert bi.ssd_hyperparameters(data, args()) == expected
-    assert bi.ssd_hyperparameters(data, args(ssd_alpha=2.5)) == (2.5, expected[1])
-    assert bi.ssd_hyperparameters(data, args(ssd_lambda=0.5)) == (expected[0], 0.5)
+
+    def pair(**flags):
+        h = hp_for("ssd_tuning", data, **flags)
+        return h.alpha, h.lam
+
+    assert pair() == expected
+    assert pair(ssd_alpha=2.5) == (2.5, expected[1])
+    assert pair(ssd_lambda=0.5) == (expected[0], 0.5)
 
 
 @pytest.mark.parametrize("flag", ["ssd_alpha", "ssd_lambda"])
 def test_negative_ssd_flag_is_a_user_error(flag):
-    with pytest.raises(UserError, match=f"-{flag}"):
-        bi.ssd_hyperparameters(SimpleNamespace(setting="random", net="VGG16"), args(**{flag: -1.0}))
+    with pytest.raises(hparams.InvalidValue, match=f"-{flag}"):
+        hp_for("ssd_tuning", SimpleNamespace(setting="random", net="VGG16"), **{flag: -1.0})
 
 
 # ---- Fisher forgetting --------------------------------------------------------------------
@@ -230,7 +231,7 @@ def test_fisher_noise_follows_the_variance_formula(setting, tiny_fisher, monkeyp
     model = tiny_model()
     old = copy.deepcopy(model)
     torch.manual_seed(123)
-    METHODS["FisherForgetting"].fn(model, tiny_data(setting=setting), args(fisher_alpha=3e-4), "cpu")
+    METHODS["FisherForgetting"].fn(model, tiny_data(setting=setting), hp_for("FisherForgetting", tiny_data(setting=setting), fisher_alpha=3e-4), "cpu")
     torch.manual_seed(123)
     for (name, p_old), p_new in zip(old.named_parameters(), model.parameters()):
         mu, var = literal_mean_var(name, p_old, tiny_fisher[name], setting, 0, 3e-4)
@@ -247,7 +248,7 @@ def test_fisher_noise_variance_over_many_seeds(tiny_fisher, monkeypatch):
     for s in range(seeds):
         model = copy.deepcopy(base)
         torch.manual_seed(s)
-        METHODS["FisherForgetting"].fn(model, data, args(fisher_alpha=3e-4), "cpu")
+        METHODS["FisherForgetting"].fn(model, data, hp_for("FisherForgetting", data, fisher_alpha=3e-4), "cpu")
         for n, p in model.named_parameters():
             sq[n] += (p.detach() - expected[n][0]).square()
     for n, (_, var) in expected.items():
@@ -261,7 +262,7 @@ def test_forget_class_row_is_zeroed_only_in_full_class(setting, zeroed):
         model[7].weight[0] = 5.0
         model[7].bias[0] = 5.0
     torch.manual_seed(0)
-    METHODS["FisherForgetting"].fn(model, tiny_data(setting=setting), args(), "cpu")
+    METHODS["FisherForgetting"].fn(model, tiny_data(setting=setting), hp_for("FisherForgetting", tiny_data(setting=setting)), "cpu")
     row = torch.cat([model[7].weight[0], model[7].bias[:1]]).detach()
     if zeroed:  # mean 0, std sqrt(1e-4 · 10)
         assert row.abs().max() < 0.2
@@ -270,8 +271,8 @@ def test_forget_class_row_is_zeroed_only_in_full_class(setting, zeroed):
 
 
 def test_fisher_alpha_must_be_non_negative():
-    with pytest.raises(UserError, match="-fisher_alpha"):
-        METHODS["FisherForgetting"].fn(tiny_model(), tiny_data(), args(fisher_alpha=-1.0), "cpu")
+    with pytest.raises(hparams.InvalidValue, match="-fisher_alpha must be >= 0"):
+        hp_for("FisherForgetting", tiny_data(), fisher_alpha=-1.0)
 
 
 def test_fisher_budget_uses_a_seeded_subset_of_retain(monkeypatch):
@@ -282,9 +283,9 @@ def test_fisher_budget_uses_a_seeded_subset_of_retain(monkeypatch):
         return {n: torch.ones_like(p) for n, p in model.named_parameters()}
 
     monkeypatch.setattr(bi, "fisher_diagonal", record)
-    monkeypatch.setitem(bi.FISHER_SAMPLES, "Tiny", 7)
     for seed in (0, 0, 1):
-        METHODS["FisherForgetting"].fn(tiny_model(), tiny_data(), args(seed=seed), "cpu")
+        data = replace(tiny_data(), seed=seed)
+        METHODS["FisherForgetting"].fn(tiny_model(), data, hp_for("FisherForgetting", data, fisher_samples=7), "cpu")
     assert [len(s) for s in seen] == [7, 7, 7]
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
 
@@ -316,6 +317,7 @@ def test_method_runs_end_to_end_and_writes_a_record(e2e_runs, method, main):
     assert (rec["method"], rec["setting"]) == (method, SETTING[main])
     assert 0 <= rec["TestAcc"] <= 100 and 0 <= rec["MIA"] <= 1 and rec["MethodTime"] > 0
     if method == "FisherForgetting":
-        assert rec["args"]["fisher_alpha"] == bi.FISHER["alpha"]
+        assert rec["hparams"]["alpha"] == bi.FisherHP.alpha
     else:  # the resolved α, λ of the setting's table (SmallCNN: the default row) are recorded
-        assert (rec["args"]["ssd_alpha"], rec["args"]["ssd_lambda"]) == bi.SSD[SETTING[main]]["default"]
+        want = hp_for(method, SimpleNamespace(setting=SETTING[main], net="SmallCNN"))
+        assert (rec["hparams"]["alpha"], rec["hparams"]["lam"]) == (want.alpha, want.lam)

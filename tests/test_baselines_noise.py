@@ -7,11 +7,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Triples, describe, run_inprocess
+from helpers import Triples, describe, hp_for, run_inprocess
 from torch import nn
 from torch.utils.data import DataLoader
 
-import baselines_noise as bn
+import hparams
+import methods.gkt as bg
+import methods.noise as bn
 import models
 from methods import METHODS, UnlearnData
 from utils import UserError
@@ -116,17 +118,17 @@ def _record_training(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("mode,expected", [("full", bn.UNSIR["noise_batch"]), ("reference", 3)])
+@pytest.mark.parametrize("mode,expected", [("full", bn.UnsirHP.noise_batch), ("reference", 3)])
 def test_unsir_impairs_on_the_noise_batch_plus_retain_then_repairs(monkeypatch, mode, expected):
     """Impair: noise_repeats copies of the noise (the whole batch, or 3 images in the reference's
     mode) labelled with the forget class, plus the retain subset; repair: the retain subset alone."""
     calls = _record_training(monkeypatch)
     data = make_data()
-    bn.unsir(make_net(), data, SimpleNamespace(unsir_noise_batch=mode, seed=0), torch.device("cpu"))
+    bn.unsir(make_net(), data, hp_for("UNSIR", data, unsir_noise_batch=mode), torch.device("cpu"))
     impair, repair = calls
     noise, retain = impair.datasets
     assert len(noise.images) == expected and set(noise.labels) == {0}
-    assert len(noise) == expected * bn.UNSIR["noise_repeats"]
+    assert len(noise) == expected * bn.UnsirHP.noise_repeats
     assert len(retain) == len(repair) == len(data.retain_train.dataset)
     assert all(impair[len(noise) + i][2] != 0 for i in range(len(retain)))
 
@@ -137,7 +139,7 @@ def test_unsir_subclass_labels_the_noise_with_the_coarse_class(monkeypatch):
     calls = _record_training(monkeypatch)
     data = make_data()
     data.forget_class, data.setting = 7, "subclass"  # fine id 7, coarse label 0
-    bn.unsir(make_net(), data, SimpleNamespace(seed=0), torch.device("cpu"))
+    bn.unsir(make_net(), data, hp_for("UNSIR", data), torch.device("cpu"))
     assert set(calls[0].datasets[0].labels) == {0}
 
 
@@ -148,24 +150,24 @@ def test_emmn_needs_no_retain_data_and_trains_on_labelled_noise(monkeypatch):
     calls = _record_training(monkeypatch)
     data = make_data(retain=False)
     assert data.retain_train is None and data.full_train is None
-    bn.emmn(make_net(), data, SimpleNamespace(seed=0), torch.device("cpu"))
+    bn.emmn(make_net(), data, hp_for("emmn", data), torch.device("cpu"))
     ds = calls[0]
-    assert len(calls) == bn.EMMN["epochs"] and all(c is ds for c in calls)
+    assert len(calls) == bn.EmmnHP.epochs and all(c is ds for c in calls)
     assert isinstance(ds, bn._Repeated)
-    assert sorted(ds.labels) == sorted(list(range(C)) * bn.EMMN["noise_batch"])
-    bn.emmn(make_net(), data, SimpleNamespace(seed=0, emmn_noise_batch="reference"), torch.device("cpu"))
+    assert sorted(ds.labels) == sorted(list(range(C)) * bn.EmmnHP.noise_batch)
+    bn.emmn(make_net(), data, hp_for("emmn", data, emmn_noise_batch="reference"), torch.device("cpu"))
     assert sorted(calls[-1].labels) == sorted(list(range(C)) * 3)
 
 
 def test_emmn_changes_the_model(monkeypatch):
-    monkeypatch.setitem(bn.EMMN, "noise_repeats", 2)
     model = make_net()
     before = [p.clone() for p in model.parameters()]
-    out = bn.emmn(model, make_data(retain=False), SimpleNamespace(seed=0), torch.device("cpu"))
+    data = make_data(retain=False)
+    out = bn.emmn(model, data, hp_for("emmn", data, emmn_noise_repeats=2), torch.device("cpu"))
     assert out is model and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-@pytest.mark.parametrize("method", [bn.unsir, bn.emmn, bn.gkt])
+@pytest.mark.parametrize("method", [bn.unsir, bn.emmn, bg.gkt])
 def test_methods_refuse_random_forgetting(method):
     data = make_data()
     data.forget_class, data.setting = None, "random"
@@ -173,7 +175,7 @@ def test_methods_refuse_random_forgetting(method):
         method(make_net(), data, SimpleNamespace(seed=0), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("method", [bn.emmn, bn.gkt])
+@pytest.mark.parametrize("method", [bn.emmn, bg.gkt])
 def test_zero_shot_methods_refuse_subclass(method):
     data = make_data(retain=False, setting="subclass")
     with pytest.raises(UserError, match="full-class forgetting only"):
@@ -184,36 +186,36 @@ def test_zero_shot_methods_refuse_subclass(method):
 
 def test_gate_drops_samples_the_teacher_gives_the_forget_class_over_threshold():
     probs = torch.tensor([[0.005, 0.5, 0.495], [0.02, 0.49, 0.49], [0.0099, 0.99, 0.0001], [0.9, 0.05, 0.05]])
-    keep = bn.gate(probs.log(), forget_label=0, threshold=0.01)
+    keep = bg.gate(probs.log(), forget_label=0, threshold=0.01)
     assert keep.tolist() == [True, False, True, False]
-    assert bn.gate(probs.log(), forget_label=2, threshold=0.01).tolist() == [False, False, True, False]
+    assert bg.gate(probs.log(), forget_label=2, threshold=0.01).tolist() == [False, False, True, False]
 
 
 def test_kl_div_matches_torch_mean_reduction():
     s, t = torch.randn(5, 4), torch.randn(5, 4)
     expected = F.kl_div(F.log_softmax(s / 2, 1), F.softmax(t / 2, 1), reduction="sum") / s.numel()
-    assert bn.kl_div(s, t, 2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert bg.kl_div(s, t, 2.0).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_attention_loss_is_zero_for_equal_maps_and_ignores_scale():
     f = torch.randn(2, 4, 5, 5)
-    assert bn.attention_loss([f], [3 * f]).item() == pytest.approx(0.0, abs=1e-7)
-    assert bn.attention_loss([f], [torch.randn(2, 4, 5, 5)]).item() > 0
+    assert bg.attention_loss([f], [3 * f]).item() == pytest.approx(0.0, abs=1e-7)
+    assert bg.attention_loss([f], [torch.randn(2, 4, 5, 5)]).item() > 0
 
 
 def test_feature_names_pick_the_last_map_of_each_resolution():
     net = models.SmallCNN(10)
-    assert bn.feature_names(net, (3, 32, 32), "stages", torch.device("cpu")) == \
+    assert bg.feature_names(net, (3, 32, 32), "stages", torch.device("cpu")) == \
         ["features.1", "features.4", "features.7", "features.8"]
-    assert bn.feature_names(net, (3, 32, 32), "convs", torch.device("cpu")) == \
+    assert bg.feature_names(net, (3, 32, 32), "convs", torch.device("cpu")) == \
         ["features.0", "features.3", "features.6"]
     blocks = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ModuleList([nn.Identity(), nn.Identity()]))
-    assert bn.feature_names(blocks, SHAPE, "convs", torch.device("cpu")) == ["1.0", "1.1"]
+    assert bg.feature_names(blocks, SHAPE, "convs", torch.device("cpu")) == ["1.0", "1.1"]
 
 
 def test_generator_outputs_the_input_shape():
     for shape in [(3, 32, 32), (3, 8, 8), (1, 10, 14)]:
-        assert bn.Generator(shape, 16, 4)(torch.randn(5, 16)).shape == (5, *shape)
+        assert bg.Generator(shape, 16, 4)(torch.randn(5, 16)).shape == (5, *shape)
 
 
 def test_gkt_student_is_fresh_and_only_ever_sees_generator_output(monkeypatch):
@@ -222,13 +224,13 @@ def test_gkt_student_is_fresh_and_only_ever_sees_generator_output(monkeypatch):
     student's weights end up in the returned model."""
     generated, fed, start = [], [], {}
 
-    class RecordingGenerator(bn.Generator):
+    class RecordingGenerator(bg.Generator):
         def forward(self, z):
             x = super().forward(z)
             generated.append(x.detach().clone())
             return x
 
-    real_distill = bn.distill
+    real_distill = bg.distill
 
     def spy_distill(teacher, student, *a, **k):
         start.update({k_: v.clone() for k_, v in student.state_dict().items()})
@@ -237,18 +239,17 @@ def test_gkt_student_is_fresh_and_only_ever_sees_generator_output(monkeypatch):
         start["final"] = {k_: v.clone() for k_, v in out.state_dict().items()}
         return out
 
-    monkeypatch.setattr(bn, "Generator", RecordingGenerator)
-    monkeypatch.setattr(bn, "distill", spy_distill)
+    monkeypatch.setattr(bg, "Generator", RecordingGenerator)
+    monkeypatch.setattr(bg, "distill", spy_distill)
     model = make_net(seed=0, forget_bias=-30.0)  # the gate keeps (almost) every pseudo sample
     data = make_data(dataset="Digits", retain=False)
     teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
     fresh_state = make_net(seed=99).state_dict()
-    out = bn.gkt(model, data, SimpleNamespace(seed=0, gkt_batches=3), torch.device("cpu"))
+    out = bg.gkt(model, data, hp_for("gkt", data, gkt_batches=3), torch.device("cpu"))
 
     assert all(torch.equal(start[k], fresh_state[k]) for k in fresh_state)
     assert any(not torch.equal(start[k], teacher_state[k]) for k in teacher_state)
-    budget = bn.GKT_CPU_BUDGET
-    assert len(fed) == 3 * (1 + budget["n_student"])  # one generator step + n_student per pseudo batch
+    assert len(fed) == 3 * (1 + hp_for("gkt", data).n_student)  # one generator step + n_student per pseudo batch
     real = torch.stack([x for x, _, _ in data.forget_train.dataset]).flatten(1)
     pool = torch.cat(generated).flatten(1)
     for x in fed:
@@ -262,17 +263,17 @@ def test_gkt_student_is_fresh_and_only_ever_sees_generator_output(monkeypatch):
 
 def test_gkt_reference_recipe_starts_from_the_model_with_convs_reinitialised(monkeypatch):
     start = {}
-    real_distill = bn.distill
+    real_distill = bg.distill
 
     def spy_distill(teacher, student, generator, forget_label, cfg, names=(), progress=True):
         start.update(state={k: v.clone() for k, v in student.state_dict().items()}, cfg=cfg, names=names)
         return real_distill(teacher, student, generator, forget_label, cfg, names, progress)
 
-    monkeypatch.setattr(bn, "distill", spy_distill)
+    monkeypatch.setattr(bg, "distill", spy_distill)
     model = make_net(seed=0, forget_bias=-30.0)
     teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
-    bn.gkt(model, make_data(dataset="Digits", retain=False),
-           SimpleNamespace(gkt_recipe="reference", gkt_batches=1), torch.device("cpu"))
+    data = make_data(dataset="Digits", retain=False)
+    bg.gkt(model, data, hp_for("gkt", data, gkt_recipe="reference", gkt_batches=1), torch.device("cpu"))
     state, cfg = start["state"], start["cfg"]
     assert not torch.equal(state["0.weight"], teacher_state["0.weight"])  # conv weights re-initialised
     assert torch.equal(state["0.bias"], teacher_state["0.bias"])  # everything else copied
@@ -284,22 +285,26 @@ def test_gkt_reference_recipe_starts_from_the_model_with_convs_reinitialised(mon
 def test_gkt_refuses_when_the_gate_drops_everything(monkeypatch):
     """A teacher that gives the forget class > 0.01 on every pseudo sample leaves the student
     nothing to learn from: a one-line UserError, not a silently untrained student."""
-    monkeypatch.setattr(bn, "GKT_MAX_EMPTY", 3)
+    monkeypatch.setattr(bg, "GKT_MAX_EMPTY", 3)
     model = make_net(seed=0, forget_bias=30.0)
     with pytest.raises(UserError, match="gate leaves nothing"):
-        bn.gkt(model, make_data(dataset="Digits", retain=False), SimpleNamespace(gkt_batches=2), torch.device("cpu"))
+        data = make_data(dataset="Digits", retain=False)
+        bg.gkt(model, data, hp_for("gkt", data, gkt_batches=2), torch.device("cpu"))
 
 
 def test_gkt_config_tables():
-    args = SimpleNamespace(gkt_recipe="paper", gkt_batches=None)
-    full = bn.gkt_config(SimpleNamespace(net="VGG16", dataset="Cifar100"), args)
-    assert (full["batch"], full["n_gen"], full["n_student"], full["pseudo_batches"]) == (256, 1, 10, 4000)
-    assert (full["g_lr"], full["s_lr"], full["beta"], full["threshold"]) == (1e-3, 2e-3, 250.0, 0.01)
-    assert bn.gkt_config(SimpleNamespace(net="ViT", dataset="Cifar100"), args)["beta"] == 0.0
-    digits = bn.gkt_config(SimpleNamespace(net="SmallCNN", dataset="Digits"), args)
-    assert digits["pseudo_batches"] == bn.GKT_CPU_BUDGET["pseudo_batches"]
-    with pytest.raises(UserError, match="-gkt_batches"):
-        bn.gkt_config(SimpleNamespace(net="SmallCNN", dataset="Digits"), SimpleNamespace(gkt_batches=0))
+    def cfg(net, dataset, **flags):
+        return hp_for("gkt", SimpleNamespace(net=net, dataset=dataset, setting="fullclass"), **flags)
+
+    full = cfg("VGG16", "Cifar100")
+    assert (full.batch, full.n_gen, full.n_student, full.pseudo_batches) == (256, 1, 10, 4000)
+    assert (full.g_lr, full.s_lr, full.beta, full.threshold) == (1e-3, 2e-3, 250.0, 0.01)
+    assert cfg("ViT", "Cifar100").beta == 0.0
+    assert cfg("ViT", "Cifar100", gkt_recipe="reference").pseudo_batches == 101
+    assert cfg("VGG16", "Cifar100", gkt_recipe="reference").beta == 5.0
+    assert cfg("SmallCNN", "Digits").pseudo_batches == 100
+    with pytest.raises(hparams.InvalidValue, match="-gkt_batches"):
+        cfg("SmallCNN", "Digits", gkt_batches=0)
 
 
 # ---- end to end -------------------------------------------------------------------------------
@@ -321,8 +326,7 @@ def _full(method, ckpt, results, *extra):
 def test_full_class_end_to_end(method, extra, smallcnn_ckpt, tmp_path, monkeypatch):
     # Shorter than shipped: fewer emmn noise copies. The fixture's 2-epoch teacher gives every
     # noise image ~10% on each class, so gkt's 0.01 gate would drop them all: loosen it here.
-    monkeypatch.setitem(bn.EMMN, "noise_repeats", 10)
-    monkeypatch.setitem(bn.GKT_COMMON, "threshold", 0.5)
+    extra = (*extra, "-emmn_noise_repeats", "10", "-gkt_threshold", "0.5")
     proc = run_inprocess(_full(method, smallcnn_ckpt, tmp_path / "r.jsonl", *extra))
     assert proc.returncode == 0, describe(proc)
     rec = _record(tmp_path / "r.jsonl")

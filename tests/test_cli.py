@@ -1,4 +1,4 @@
-"""End-to-end runs of the command-line scripts on Digits (REFERENCE.md §5), in subprocesses,
+"""End-to-end runs of the command-line scripts on Digits, in subprocesses,
 plus their one-line errors on bad input. Results and checkpoints live under tmp paths.
 
 Module fixtures run the scripts once; each test then checks one behaviour of the finished
@@ -11,7 +11,7 @@ import re
 
 import pytest
 import torch
-from conftest import describe, run_inprocess, run_scripts
+from helpers import describe, run_inprocess, run_scripts
 
 import datasets
 import forget_full_class_main

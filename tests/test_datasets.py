@@ -1,10 +1,10 @@
-"""Data sets and splits (REFERENCE.md §2) on tiny generated CIFAR files and on Digits."""
+"""Data sets and splits on tiny generated CIFAR files and on Digits."""
 import re
 
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR100_COARSE
+from helpers import CIFAR100_COARSE
 from PIL import Image
 from torchvision import transforms
 

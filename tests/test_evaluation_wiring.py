@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import literal_js
 
 import datasets
-import experiment
+import evaluation
 import metrics
 import models
 
@@ -111,7 +112,7 @@ def planted(tmp_path, monkeypatch):
         setting = {"forget_full_class_main.py": "fullclass", "forget_sub_class_main.py": "subclass",
                    "forget_random_main.py": "random"}[main]
         forget = target_args[1] if target_args[0] == "-forget_class" else float(target_args[1])
-        gold_path = Path(experiment.retrain_checkpoint(ns, setting, forget, "retrain_full"))
+        gold_path = Path(evaluation.retrain_checkpoint(ns, setting, forget, "retrain_full"))
         gold_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(gold.state_dict(), gold_path)
 
@@ -165,16 +166,6 @@ def mia(retain_ent, forget_ent, test_ent):
     return float(clf.predict(forget_ent.reshape(-1, 1)).mean())
 
 
-def js(p, q):
-    total = 0.0
-    for a, b in zip(p, q):
-        m = [(u + v) / 2 for u, v in zip(a, b)]
-        kl_a = sum(u * math.log(u / w) for u, w in zip(a, m) if u > 0)
-        kl_b = sum(v * math.log(v / w) for v, w in zip(b, m) if v > 0)
-        total += 0.5 * kl_a + 0.5 * kl_b
-    return total / len(p)
-
-
 def act_dist(p, q):
     return sum(math.sqrt(sum((u - v) ** 2 for u, v in zip(a, b))) for a, b in zip(p, q)) / len(p)
 
@@ -203,7 +194,7 @@ def expected(split, planted):
         out[f"MIA{name}AUC"], out[f"MIA{name}TPR@1%FPR"] = auc, tpr
     p = softmax_rows(f_lg)
     q = softmax_rows(gold.train_logits.detach()[list(split["forget_train"][1])])
-    out["JSToRetrain"], out["ActDistToRetrain"] = js(p, q), act_dist(p, q)
+    out["JSToRetrain"], out["ActDistToRetrain"] = literal_js(p, q), act_dist(p, q)
     return out
 
 

@@ -1,5 +1,5 @@
 """Oracle tests for ``Lipschitz.jit_unlearn`` against a literal, per-perturbation transcription
-of the reference JiT update (REFERENCE.md §1)."""
+of the reference JiT update."""
 import copy
 
 import pytest
@@ -30,7 +30,7 @@ class TripleDataset(Dataset):
 
 def make_loader(n_items=3 * BATCH + 5, batch_size=BATCH):
     # CIFAR-shaped inputs (3x32x32): every batch's element count is a multiple of 16, so one
-    # (N, B, C, H, W) noise draw equals N successive (B, C, H, W) draws (REFERENCE §1.5).
+    # (N, B, C, H, W) noise draw equals N successive (B, C, H, W) draws, bit for bit on the CPU.
     # Three full batches of 8 and a last batch of 5.
     g = torch.Generator().manual_seed(1234)
     x = torch.randn(n_items, 3, 32, 32, generator=g)

@@ -1,12 +1,11 @@
-"""The methods of methods.py through the registry: retrain_full re-initialises every tensor,
+"""The methods of methods/retrain.py through the registry: retrain_full re-initialises every tensor,
 zero-shot methods are structurally denied retain data, and the basic methods run end to end
 through every main on Digits."""
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import MAINS, SETTING, Triples, run_inprocess
+from helpers import MAINS, SETTING, Triples, hp_for, run_inprocess
 from torch.utils.data import DataLoader
 
 import methods
@@ -32,9 +31,9 @@ def test_retrain_reinitialises_before_training(monkeypatch, name, reset_everythi
     torch.manual_seed(1)
     fresh = SmallCNN(4)
     seen = {}
-    monkeypatch.setattr(methods, "_train_on_retain",
+    monkeypatch.setattr(methods.retrain, "train_on_retain",
                         lambda model, *a, **k: seen.update({k2: v.clone() for k2, v in model.state_dict().items()}))
-    METHODS[name].fn(trained, _data(lambda: fresh), SimpleNamespace(epochs=None), torch.device("cpu"))
+    METHODS[name].fn(trained, _data(lambda: fresh), hp_for(name), torch.device("cpu"))
     for key, before in original.items():
         changed = not torch.equal(seen[key], before)
         if reset_everything:
@@ -49,6 +48,7 @@ def test_zero_shot_methods_are_registered_as_such():
 
 def test_the_core_hands_zero_shot_methods_no_retain_data(monkeypatch, smallcnn_ckpt, tmp_path):
     import experiment
+    import flags
     import forget_full_class_main as main
 
     seen = {}
@@ -57,14 +57,16 @@ def test_the_core_hands_zero_shot_methods_no_retain_data(monkeypatch, smallcnn_c
         seen["data"] = data
         return model
 
-    monkeypatch.setitem(METHODS, "lipschitz_forgetting", methods.Method(spy, zero_shot=True))
-    p = experiment.base_parser("t")
+    monkeypatch.setitem(METHODS, "lipschitz_forgetting",
+                        methods.Method("lipschitz_forgetting", spy, METHODS["lipschitz_forgetting"].hparams,
+                                       zero_shot=True))
+    p = flags.base_parser("t")
     main.add_task_args(p)
     args = p.parse_args(["-net", "SmallCNN", "-dataset", "Digits", "-classes", "10", "-forget_class", "3",
                          "-method", "lipschitz_forgetting", "-weight_path", smallcnn_ckpt,
                          "-results", str(tmp_path / "r.jsonl"), "-relearn_max_steps", "0",
                          "-retrain_dir", str(tmp_path)])
-    experiment.resolve_jit(args, main.JIT)
+    flags.resolve_jit(args, main.JIT)
     execute(experiment.prepare(args, main.SETTING, *main.task(args)), args)
     data = seen["data"]
     assert data.retain_train is None and data.full_train is None

@@ -1,9 +1,8 @@
 """Scaling out and surviving interruption: torchrun pretraining (gloo on the CPU), -resume,
-grids over several slots that are killed and rerun, concurrent record writers, divergence
-flagged in the record, and same-seed reproducibility of whole records."""
+concurrent record writers, divergence flagged in the record, and same-seed reproducibility of
+whole records (the grid runner's tests are in test_grid.py)."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, _env, describe, run_inprocess, run_scripts, workdir
+from helpers import REPO, _env, describe, run_inprocess, run_scripts
 
-import experiment
+import evaluation
 import methods
 import models
 import pretrain_model
@@ -160,109 +159,6 @@ def test_resume_of_a_finished_run_trains_nothing(smallcnn_ckpt, tmp_path):
     assert torch.equal(load(state)["model"]["fc.weight"], before["model"]["fc.weight"])
 
 
-# ---- grids over several slots ----------------------------------------------------------------
-
-GRID = """#!/usr/bin/env bash
-set -euo pipefail
-here={repo}
-source "$here/grid_common.sh"
-MAIN=forget_full_class_main.py
-ARGS=(-net SmallCNN -dataset Digits -classes 10 -b 64)
-TARGETS=({targets})
-METHODS=(baseline retrain_full lipschitz_forgetting)
-grid_main "$@"
-"""
-
-
-def _grid_script(tmp_path, targets="'-forget_class 1' '-forget_class 2'"):
-    script = tmp_path / "grid.sh"
-    script.write_text(GRID.format(repo=REPO, targets=targets))
-    return script
-
-
-def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp_path):
-    script = _grid_script(tmp_path)
-    results = tmp_path / "r.jsonl"
-    env = dict(_env(), RESULTS=str(results),
-               EXTRA_ARGS=f"-epochs 1 -relearn_max_steps 0 -retrain_dir {tmp_path / 'retrained'}")
-    cmd = ["bash", str(script), "cpu,cpu", "0", smallcnn_ckpt]
-
-    grid = subprocess.Popen(cmd, env=env, cwd=workdir(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.time() + 240
-    while len(read_records(results)) < 3 and grid.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(grid.pid, signal.SIGKILL)  # the script and every run in flight
-    grid.wait(30)
-    first = read_records(results)
-    assert 3 <= len(first) < 6, "the grid was not killed midway"
-    assert all(line.strip() for line in results.read_text().splitlines())
-
-    rerun = subprocess.run(cmd, env=env, cwd=workdir(), capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, describe(rerun)
-    recs = read_records(results)
-    assert sorted((r["method"], r["forget"]) for r in recs) == sorted(
-        (m, f) for m in ("baseline", "retrain_full", "lipschitz_forgetting") for f in ("1", "2"))
-    assert [json.loads(line) for line in results.read_text().splitlines()] == recs  # whole lines only
-    assert rerun.stdout.count("== done:") == 6  # the recorded runs exit at once ("skip")
-    # retrain runs finish before the others start, so every other run found its retrained model
-    assert all(r.get("RetrainReference") == "retrain_full" for r in recs if r["method"] != "retrain_full")
-    logs = sorted(p.name for p in (tmp_path / "r-logs").iterdir())
-    assert "forget_full_class_main-baseline_-forget_class_1-seed0.log" in logs
-
-
-def test_kill_stops_a_one_slot_grid_at_once(smallcnn_ckpt, tmp_path):
-    """TERM (kill, timeout, a scheduler) stops the run in flight, not after it."""
-    script = _grid_script(tmp_path)
-    results = tmp_path / "r.jsonl"
-    env = dict(_env(), RESULTS=str(results), ONLY_METHODS="retrain_full",
-               EXTRA_ARGS=f"-epochs 50 -relearn_max_steps 0 -retrain_dir {tmp_path}")
-    grid = subprocess.Popen(["bash", str(script), "cpu", "0", smallcnn_ckpt], env=env, cwd=workdir(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert grid.stdout.readline().startswith("== forget_full_class_main.py retrain_full")
-        time.sleep(3)  # inside the 50-epoch retrain
-        t0 = time.time()
-        grid.terminate()
-        assert grid.wait(30) == 143
-        assert time.time() - t0 < 15
-    finally:
-        grid.kill()
-    assert "interrupted: rerun the same command" in grid.stderr.read()
-    assert read_records(results) == []
-    time.sleep(0.5)
-    assert not _processes_mentioning(str(tmp_path)), "a run outlived its grid"
-
-
-def _processes_mentioning(text):
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text in cmdline.read_bytes().decode(errors="replace"):
-                found.append(cmdline.parent.name)
-        except OSError:  # the process ended meanwhile
-            pass
-    return found
-
-
-def test_a_grid_reports_failed_runs_and_finishes_the_rest(smallcnn_ckpt, tmp_path):
-    script = _grid_script(tmp_path, targets="'-forget_class 1' '-forget_class 12'")
-    results = tmp_path / "r.jsonl"
-    env = dict(_env(), RESULTS=str(results), ONLY_METHODS="baseline", EXTRA_ARGS="-relearn_max_steps 0")
-    proc = subprocess.run(["bash", str(script), "cpu,cpu", "0", smallcnn_ckpt], env=env, cwd=workdir(), capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 1, describe(proc)
-    assert "1 run(s) failed" in proc.stderr and "baseline -forget_class 12 (exit 2" in proc.stderr
-    assert [r["forget"] for r in read_records(results)] == ["1"]
-
-
-@pytest.mark.parametrize("slots", ["0,", ",1", "0,,1", "gpu0,1", "cpu;cpu"])
-def test_grid_rejects_a_malformed_device_list(slots):
-    proc = subprocess.run(["bash", str(REPO / "cifar10_random_exps_vgg.sh"), slots, "0", "w.pth"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.startswith("usage:")
-
-
 # ---- records -------------------------------------------------------------------------------
 
 def _writer(path, tag, n):
@@ -310,18 +206,18 @@ def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
 
 # ---- divergence ----------------------------------------------------------------------------
 
-def _bad_loss(model, data, args, device):
+def _bad_loss(model, data, hp, device):
     raise FloatingPointError("finetune epoch 1: loss became nan")
 
 
-def _huge_outputs(model, data, args, device):
+def _huge_outputs(model, data, hp, device):
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1e30)  # finite weights, infinite logits
     return model
 
 
-def _nan_weights(model, data, args, device):
+def _nan_weights(model, data, hp, device):
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
     return model
@@ -330,7 +226,7 @@ def _nan_weights(model, data, args, device):
 @pytest.mark.parametrize("fn, reason", [(_bad_loss, "loss became nan"), (_huge_outputs, "non-finite outputs"),
                                         (_nan_weights, "non-finite weights")])
 def test_a_diverged_method_is_recorded_flagged_and_warned(monkeypatch, smallcnn_ckpt, tmp_path, fn, reason):
-    monkeypatch.setitem(methods.METHODS, "finetune", methods.Method(fn))
+    monkeypatch.setitem(methods.METHODS, "finetune", methods.Method("finetune", fn))
     results = tmp_path / "r.jsonl"
     proc = run_inprocess(["forget_full_class_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
                           "-forget_class", "3", "-method", "finetune", "-weight_path", smallcnn_ckpt,
@@ -360,11 +256,11 @@ LAST_BIAS = list(dict(models.SmallCNN(10).named_parameters()))[-1]
 
 def test_check_finite_names_the_first_bad_tensor():
     model = models.SmallCNN(10)
-    experiment.check_finite(model)
+    evaluation.check_finite(model)
     with torch.no_grad():
         dict(model.named_parameters())[LAST_BIAS][0] = float("inf")
-    with pytest.raises(experiment.Diverged, match="non-finite weights in 1 tensor"):
-        experiment.check_finite(model)
+    with pytest.raises(evaluation.Diverged, match="non-finite weights in 1 tensor"):
+        evaluation.check_finite(model)
 
 
 # ---- reproducibility -----------------------------------------------------------------------

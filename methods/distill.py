@@ -4,6 +4,7 @@
 Each keeps the model object and trains it in place as the student; teachers are frozen copies.
 """
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,42 +12,46 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from engine import train_epoch
-from methods import register
+from hparams import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Overrides, hp
+from registry import register
 from utils import UserError, progress_bar
 
-# ---- hyperparameters (the reference's values, REFERENCE §6) -------------------------------
+# ---- hyperparameters (the reference's values) ----------------------------------------------
 # All three are quick on Digits/SmallCNN (a few seconds each on 2 CPU cores), so no data set
 # gets a reduced budget here.
-BLINDSPOT = dict(
-    retain_frac=0.3,   # share of retain_train distilled from the competent teacher
-    epochs=1,
-    lr=1e-4,           # Adam
-    batch=256,
-    batch_vit=128,
-    temperature=1.0,
-)
-AMNESIAC = dict(epochs=3, lr=1e-4, batch=128)  # Adam, cross-entropy on relabelled forget + retain
-SCRUB = dict(
-    epochs=3,
-    msteps=2,          # max-steps on forget_train only in the first `msteps` epochs
-    temperature=4.0,   # T of the KL; the KL is scaled by T² (as SCRUB's DistillKL)
-    lr=5e-4,           # SGD
-    momentum=0.9,
-    weight_decay=5e-4,
-    alpha=1.0,         # weight of the KL in the min-step
-    gamma=5.0,         # weight of the cross-entropy in the min-step
-)
+
+@dataclass(frozen=True)
+class BlindspotHP:
+    retain_frac: float = hp(0.3, "blindspot: share of retain_train distilled from the competent teacher",
+                            "bt_retain_frac", FRACTION)
+    epochs: int = hp(1, "blindspot epochs", "bt_epochs", AT_LEAST_ONE)
+    lr: float = hp(1e-4, "blindspot Adam learning rate", "bt_lr", POSITIVE)
+    batch: int = hp(256, "blindspot batch", "bt_batch", AT_LEAST_ONE)
+    temperature: float = hp(1.0, "blindspot KL temperature", "bt_temperature", POSITIVE)
 
 
-def _option(args, flag, table, key):
-    value = getattr(args, flag, None)
-    return table[key] if value is None else value
+BLINDSPOT_OVERRIDES = Overrides(((dict(net="ViT"), dict(batch=128)),))
 
 
-def _positive(name, value):
-    if not value > 0:
-        raise UserError(f"-{name} must be > 0 (got {value})")
-    return value
+@dataclass(frozen=True)
+class AmnesiacHP:
+    """Adam, cross-entropy on the relabelled forget set plus retain_train."""
+    epochs: int = hp(3, "amnesiac epochs", "amnesiac_epochs", AT_LEAST_ONE)
+    lr: float = hp(1e-4, "amnesiac Adam learning rate", "amnesiac_lr", POSITIVE)
+    batch: int = hp(128, "amnesiac batch (whatever -b is)", "amnesiac_batch", AT_LEAST_ONE)
+
+
+@dataclass(frozen=True)
+class ScrubHP:
+    epochs: int = hp(3, "SCRUB epochs", "scrub_epochs", AT_LEAST_ONE)
+    msteps: int = hp(2, "SCRUB epochs that start with max-steps on the forget set", "scrub_msteps", NON_NEGATIVE)
+    temperature: float = hp(4.0, "SCRUB KL temperature T (the KL is scaled by T², as SCRUB's DistillKL)",
+                            "scrub_temperature", POSITIVE)
+    lr: float = hp(5e-4, "SCRUB SGD learning rate", "scrub_lr", POSITIVE)
+    momentum: float = hp(0.9, "SCRUB SGD momentum", "scrub_momentum", NON_NEGATIVE)
+    weight_decay: float = hp(5e-4, "SCRUB SGD weight decay", "scrub_wd", NON_NEGATIVE)
+    alpha: float = hp(1.0, "SCRUB weight of the retain KL", "scrub_alpha", NON_NEGATIVE)
+    gamma: float = hp(5.0, "SCRUB weight of the retain cross-entropy", "scrub_gamma", NON_NEGATIVE)
 
 
 def _loader_like(loader, dataset, batch, shuffle):
@@ -111,13 +116,8 @@ def blindspot_loss(student_logits, tags, competent_logits, incompetent_logits, t
     return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), teacher, reduction="batchmean")
 
 
-def _blindspot_args(p):
-    p.add_argument("-bt_epochs", type=int, default=None, help="blindspot epochs (default: table, 1)")
-    p.add_argument("-bt_lr", type=float, default=None, help="blindspot Adam learning rate (default: table, 1e-4)")
-
-
-@register("blindspot", add_args=_blindspot_args)
-def blindspot(model, data, args, device):
+@register("blindspot", hparams=BlindspotHP, overrides=BLINDSPOT_OVERRIDES)
+def blindspot(model, data, hp, device):
     """Bad teacher (Chundawat et al. 2023): the model, as the student, distils from a randomly
     initialised incompetent teacher on forget samples and from the original model on retain samples.
     Objective: KL(teacher softmax ‖ student softmax) at T = 1, each sample matched to its teacher.
@@ -129,22 +129,16 @@ def blindspot(model, data, args, device):
     """
     incompetent = freeze(data.build_fresh()).to(device)
     competent = freeze(copy.deepcopy(model)).to(device)
-    epochs = _option(args, "bt_epochs", BLINDSPOT, "epochs")
-    if epochs < 1:
-        raise UserError(f"-bt_epochs must be >= 1 (got {epochs})")
-    lr = _positive("bt_lr", _option(args, "bt_lr", BLINDSPOT, "lr"))
-    temperature = BLINDSPOT["temperature"]
-    batch = BLINDSPOT["batch_vit"] if data.net == "ViT" else BLINDSPOT["batch"]
-    ds = blindspot_set(data.forget_train.dataset, data.retain_train.dataset, BLINDSPOT["retain_frac"], args.seed)
-    loader = _loader_like(data.retain_train, ds, batch, shuffle=True)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    ds = blindspot_set(data.forget_train.dataset, data.retain_train.dataset, hp.retain_frac, data.seed)
+    loader = _loader_like(data.retain_train, ds, hp.batch, shuffle=True)
+    opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
     model.train()
-    for epoch in range(epochs):
-        for x, tags in progress_bar(loader, f"blindspot {epoch + 1}/{epochs}"):
+    for epoch in range(hp.epochs):
+        for x, tags in progress_bar(loader, f"blindspot {epoch + 1}/{hp.epochs}"):
             x, tags = x.to(device, non_blocking=True), tags.to(device)
             with torch.no_grad():
                 good, bad = competent(x), incompetent(x)
-            loss = blindspot_loss(model(x), tags, good, bad, temperature)
+            loss = blindspot_loss(model(x), tags, good, bad, hp.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -180,12 +174,8 @@ def amnesiac_set(forget_ds, retain_ds, num_classes, generator=None):
     return ConcatDataset([Relabelled(forget_ds, labels), retain_ds])
 
 
-def _amnesiac_args(p):
-    p.add_argument("-amnesiac_epochs", type=int, default=None, help="amnesiac epochs (default: table, 3)")
-
-
-@register("amnesiac", add_args=_amnesiac_args)
-def amnesiac(model, data, args, device):
+@register("amnesiac", hparams=AmnesiacHP)
+def amnesiac(model, data, hp, device):
     """Amnesiac unlearning (Graves et al. 2021): cross-entropy training on forget samples relabelled
     with a random other class, mixed with retain_train.
     Relabelling: uniform over the classes other than the sample's own model label (in sub-class
@@ -195,15 +185,12 @@ def amnesiac(model, data, args, device):
     """
     if data.num_classes < 2:
         raise UserError("amnesiac needs at least two classes to relabel into")
-    epochs = _option(args, "amnesiac_epochs", AMNESIAC, "epochs")
-    if epochs < 1:
-        raise UserError(f"-amnesiac_epochs must be >= 1 (got {epochs})")
     ds = amnesiac_set(data.forget_train.dataset, data.retain_train.dataset, data.num_classes,
-                      torch.Generator().manual_seed(args.seed))
-    loader = _loader_like(data.retain_train, ds, AMNESIAC["batch"], shuffle=True)
-    opt = torch.optim.Adam(model.parameters(), lr=AMNESIAC["lr"])
-    for epoch in range(epochs):
-        train_epoch(model, loader, opt, device, desc=f"amnesiac {epoch + 1}/{epochs}")
+                      torch.Generator().manual_seed(data.seed))
+    loader = _loader_like(data.retain_train, ds, hp.batch, shuffle=True)
+    opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+    for epoch in range(hp.epochs):
+        train_epoch(model, loader, opt, device, desc=f"amnesiac {epoch + 1}/{hp.epochs}")
     return model
 
 
@@ -242,17 +229,8 @@ def scrub_min_epoch(student, teacher, loader, opt, temperature, alpha, gamma, de
         opt.step()
 
 
-def _scrub_args(p):
-    p.add_argument("-scrub_epochs", type=int, default=None, help="SCRUB epochs (default: table, 3)")
-    p.add_argument("-scrub_msteps", type=int, default=None,
-                   help="SCRUB epochs that start with max-steps on the forget set (default: table, 2)")
-    p.add_argument("-scrub_alpha", type=float, default=None, help="SCRUB weight of the retain KL (default: table, 1)")
-    p.add_argument("-scrub_gamma", type=float, default=None,
-                   help="SCRUB weight of the retain cross-entropy (default: table, 5)")
-
-
-@register("scrub", add_args=_scrub_args)
-def scrub(model, data, args, device):
+@register("scrub", hparams=ScrubHP)
+def scrub(model, data, hp, device):
     """SCRUB (Kurmanji et al. 2023): the model (student) moves away from a frozen copy of itself
     (teacher) on forget samples while staying close to it, and correct, on retain samples.
     Per epoch: if epoch <= msteps (2), max-steps on forget_train: maximise T²·KL(teacher ‖ student);
@@ -264,19 +242,11 @@ def scrub(model, data, args, device):
     The student trains in train mode, the teacher is in eval mode; no gradient clipping, no lr decay
     (the reference's decay epochs lie beyond epoch 3).
     """
-    epochs = _option(args, "scrub_epochs", SCRUB, "epochs")
-    msteps = _option(args, "scrub_msteps", SCRUB, "msteps")
-    alpha = _option(args, "scrub_alpha", SCRUB, "alpha")
-    gamma = _option(args, "scrub_gamma", SCRUB, "gamma")
-    if epochs < 1 or msteps < 0:
-        raise UserError(f"-scrub_epochs must be >= 1 and -scrub_msteps >= 0 (got {epochs}, {msteps})")
     student, teacher = scrub_pair(model)
     teacher.to(device)
-    opt = torch.optim.SGD(student.parameters(), lr=SCRUB["lr"], momentum=SCRUB["momentum"],
-                          weight_decay=SCRUB["weight_decay"])
-    T = SCRUB["temperature"]
-    for epoch in range(1, epochs + 1):
-        if epoch <= msteps:
-            scrub_max_epoch(student, teacher, data.forget_train, opt, T, device)
-        scrub_min_epoch(student, teacher, data.retain_train, opt, T, alpha, gamma, device)
+    opt = torch.optim.SGD(student.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    for epoch in range(1, hp.epochs + 1):
+        if epoch <= hp.msteps:
+            scrub_max_epoch(student, teacher, data.forget_train, opt, hp.temperature, device)
+        scrub_min_epoch(student, teacher, data.retain_train, opt, hp.temperature, hp.alpha, hp.gamma, device)
     return student

@@ -3,66 +3,63 @@ variant (``lfssd_tuning``) and Fisher forgetting (``FisherForgetting``). All thr
 per-parameter importance off gradients of the trained model and edit the weights in one shot;
 none takes an optimiser step.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, vjp, vmap
 from torch.utils.data import DataLoader, Subset
 
-from methods import register
+from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
+from registry import register
 from utils import UserError, progress_bar
 
 # ---- hyperparameters (the reference's values) -------------------------------------------
-# SSD and LF-SSD: (α selection weighting, λ dampening constant) per setting and net, as the
-# reference's three forget_*_main.py pass them (LF-SSD gets the same pair). Nets without a
-# row of their own use "default", VGG16's values. -ssd_alpha / -ssd_lambda override.
-SSD = {
-    "fullclass": {"default": (1.0, 1.0)},
-    "subclass": {"ViT": (10.0, 1.0), "default": (5.0, 6.0)},
-    "random": {"ViT": (3.5, 1.0), "default": (10.0, 4.0)},
-}
-# FisherForgetting: variance = α · min(1 / (F + 1e-8), clamp); clamp_final for the final
-# layer; boost (×10) for 1-D parameters and, in full class, the final layer; the forget
-# class's final-layer row gets mean 0 and variance forget_var (before the boost).
-# α is 1e-6: the reference's get_mean_var defaults to 3e-6 but its caller passes 1e-6.
-FISHER = dict(alpha=1e-6, clamp=1e3, clamp_final=1e2, forget_var=1e-4, boost=10.0)
-# Retain samples the Fisher is estimated on (None: all of retain_train, as the reference).
-# The Digits rows are this project's reduced CPU budget (a seeded random subset), not the
-# reference's: SmallCNN costs ~40 ms of CPU per sample (10 classes), ~50 s for all 1,300.
-FISHER_SAMPLES = {"Digits": 256, "Digits5": 256}
+
+@dataclass(frozen=True)
+class SsdHP:
+    """SSD and LF-SSD: where I_f > α·I_D the weight is multiplied by min(λ·I_D/I_f, 1)."""
+    alpha: float = hp(1.0, "SSD/LF-SSD selection weighting α", "ssd_alpha", NON_NEGATIVE)
+    lam: float = hp(1.0, "SSD/LF-SSD dampening constant λ", "ssd_lambda", NON_NEGATIVE)
+
+
+# (α, λ) as the reference's three forget_*_main.py pass them (LF-SSD gets the same pair); nets
+# without a row of their own take VGG16's values.
+SSD_OVERRIDES = Overrides((
+    (dict(setting="subclass"), dict(alpha=5.0, lam=6.0)),
+    (dict(setting="subclass", net="ViT"), dict(alpha=10.0, lam=1.0)),
+    (dict(setting="random"), dict(alpha=10.0, lam=4.0)),
+    (dict(setting="random", net="ViT"), dict(alpha=3.5, lam=1.0)),
+))
+
+
+@dataclass(frozen=True)
+class FisherHP:
+    """variance = α·min(1/(F + 1e-8), clamp); clamp_final in the final layer; ×boost for 1-D
+    parameters and, in full class, the final layer; the forget class's final-layer row gets
+    mean 0 and variance forget_var (before the boost)."""
+    alpha: float = hp(1e-6, "FisherForgetting variance scale α (the reference's caller passes 1e-6; "
+                      "its get_mean_var defaults to 3e-6)", "fisher_alpha", NON_NEGATIVE)
+    clamp: float = hp(1e3, "FisherForgetting cap on 1/F", "fisher_clamp", POSITIVE)
+    clamp_final: float = hp(1e2, "FisherForgetting cap on 1/F in the final layer", "fisher_clamp_final", POSITIVE)
+    forget_var: float = hp(1e-4, "FisherForgetting variance of the forget class's final-layer row",
+                           "fisher_forget_var", NON_NEGATIVE)
+    boost: float = hp(10.0, "FisherForgetting variance factor for 1-D parameters (and the full-class final layer)",
+                      "fisher_boost", POSITIVE)
+    samples: Optional[int] = hp(None, "retain samples the Fisher is estimated on (none given: all, as the "
+                                "reference; else a seeded random subset)", "fisher_samples", AT_LEAST_ONE)
+
+
+# Digits: this project's reduced CPU budget, not the reference's: SmallCNN costs ~40 ms of CPU per
+# sample (10 classes), ~50 s for all 1,300.
+FISHER_OVERRIDES = Overrides(((dict(dataset=("Digits", "Digits5")), dict(samples=256)),))
 # Per-sample gradients held at once, in floats (samples × classes × parameters), by device
 # type: bounds the memory of the batched Fisher. SmallCNN gets 128 samples × 10 classes per
 # call; VGG16 (133M parameters) one sample and 1 (CPU) or 8 (CUDA) classes per call.
 FISHER_CHUNK_FLOATS = {"cpu": 2 ** 27, "cuda": 2 ** 30}
 FISHER_BATCH = 128  # most samples per vmapped call
-
-
-def add_ssd_args(parser):
-    parser.add_argument("-ssd_alpha", type=float, default=None,
-                        help="SSD/LF-SSD selection weighting α (default: the setting's table)")
-    parser.add_argument("-ssd_lambda", type=float, default=None,
-                        help="SSD/LF-SSD dampening constant λ (default: the setting's table)")
-
-
-def add_fisher_args(parser):
-    parser.add_argument("-fisher_alpha", type=float, default=None,
-                        help=f"FisherForgetting variance scale α (default {FISHER['alpha']:g})")
-
-
-def _non_negative(value, flag):
-    if not value >= 0:  # also rejects NaN
-        raise UserError(f"{flag} must be >= 0 (got {value})")
-    return value
-
-
-def ssd_hyperparameters(data, args):
-    """(α, λ): the flags if given, else the table row of the setting and net."""
-    row = SSD[data.setting]
-    alpha, lam = row.get(data.net, row["default"])
-    a, lm = getattr(args, "ssd_alpha", None), getattr(args, "ssd_lambda", None)
-    alpha = _non_negative(a, "-ssd_alpha") if a is not None else alpha
-    lam = _non_negative(lm, "-ssd_lambda") if lm is not None else lam
-    return alpha, lam
 
 
 # ---- SSD and LF-SSD -------------------------------------------------------------------------
@@ -102,34 +99,32 @@ def dampen(model, imp_forget, imp_full, alpha, lam):
         p[sel] = p[sel] * (di[sel] * lam / fi[sel]).clamp(max=1.0)
 
 
-def _ssd(model, data, args, device, objective, reduce, name):
-    alpha, lam = ssd_hyperparameters(data, args)
-    args.ssd_alpha, args.ssd_lambda = alpha, lam  # the run's record saves the resolved values
+def _ssd(model, data, hp, device, objective, reduce, name):
     model.eval()
     imp_forget = importance(model, data.forget_train, objective, reduce, device, f"{name} I_f")
     imp_full = importance(model, data.full_train, objective, reduce, device, f"{name} I_D")
-    dampen(model, imp_forget, imp_full, alpha, lam)
+    dampen(model, imp_forget, imp_full, hp.alpha, hp.lam)
     return model
 
 
-@register("ssd_tuning", add_args=add_ssd_args)
-def ssd_tuning(model, data, args, device):
+@register("ssd_tuning", hparams=SsdHP, overrides=SSD_OVERRIDES)
+def ssd_tuning(model, data, hp, device):
     """Selective Synaptic Dampening (Foster et al. 2024).
 
     Importance I = mean over batches of the squared gradient of the batch-mean cross-entropy,
     on forget_train (I_f) and on the full training set (I_D, forget + retain).
     Where I_f > α·I_D the weight is multiplied by min(λ·I_D / I_f, 1), so no weight grows.
-    α, λ: the SSD table for the setting and net, or -ssd_alpha / -ssd_lambda.
+    α, λ: SsdHP with the setting's and net's row of SSD_OVERRIDES.
     Eval mode while computing importances, as the reference (it calls model.eval() first), so
     dropout does not make them random; the model is left in eval mode.
     No optimiser step: gradients are read per batch (never accumulated) and weights change
     only by dampening.
     """
-    return _ssd(model, data, args, device, _cross_entropy, torch.square, "ssd")
+    return _ssd(model, data, hp, device, _cross_entropy, torch.square, "ssd")
 
 
-@register("lfssd_tuning", add_args=add_ssd_args)
-def lfssd_tuning(model, data, args, device):
+@register("lfssd_tuning", hparams=SsdHP, overrides=SSD_OVERRIDES)
+def lfssd_tuning(model, data, hp, device):
     """Label-free SSD (Foster et al. 2024, "Loss-Free Machine Unlearning").
 
     SSD with the importance I = mean over batches of |∂/∂θ mean_batch ‖f(x)‖₂²| (the
@@ -137,7 +132,7 @@ def lfssd_tuning(model, data, args, device):
     importance), on forget_train and the full training set. No label is read.
     Selection and dampening, α, λ, eval mode: exactly as ssd_tuning.
     """
-    return _ssd(model, data, args, device, _output_sq_norm, torch.abs, "lfssd")
+    return _ssd(model, data, hp, device, _output_sq_norm, torch.abs, "lfssd")
 
 
 # ---- Fisher forgetting ----------------------------------------------------------------------
@@ -200,30 +195,31 @@ def final_layer(model, num_classes):
     return {prefix + k for k, _ in model.get_submodule(name).named_parameters()}
 
 
-def fisher_mean_var(p, fisher, is_final, alpha, setting, forget_class):
-    """Mean and variance of the Gaussian that replaces parameter ``p`` (see FisherForgetting)."""
-    var = (1.0 / (fisher + 1e-8)).clamp(max=FISHER["clamp"])
+def fisher_mean_var(p, fisher, is_final, alpha, setting, forget_class, hp=FisherHP()):
+    """Mean and variance of the Gaussian that replaces parameter ``p`` (see FisherForgetting);
+    ``hp`` gives the caps, the forget row's variance and the boost (α is passed alone)."""
+    var = (1.0 / (fisher + 1e-8)).clamp(max=hp.clamp)
     if is_final:
-        var = var.clamp(max=FISHER["clamp_final"])
+        var = var.clamp(max=hp.clamp_final)
     var = alpha * var
     if p.ndim > 1:  # one variance per output row (per output channel and kernel position for convs)
         var = var.mean(dim=1, keepdim=True).expand_as(p).clone()
     mu = p.detach().clone()
     if is_final and setting == "fullclass":
         mu[forget_class] = 0
-        var[forget_class] = FISHER["forget_var"]
+        var[forget_class] = hp.forget_var
     if (is_final and setting == "fullclass") or p.ndim == 1:
-        var = var * FISHER["boost"]
+        var = var * hp.boost
     return mu, var
 
 
-@register("FisherForgetting", add_args=add_fisher_args)
-def FisherForgetting(model, data, args, device):
+@register("FisherForgetting", hparams=FisherHP, overrides=FISHER_OVERRIDES)
+def FisherForgetting(model, data, hp, device):
     """Fisher forgetting (Golatkar et al. 2020, "Eternal Sunshine of the Spotless Net").
 
     F = diagonal Fisher of the retain set under the model's own predictive distribution,
     E_x Σ_y p(y|x)·(∂ log p(y|x)/∂θ)², estimated on retain_train (the whole set; Digits: a
-    seeded random subset of FISHER_SAMPLES) in eval mode, as the reference.
+    seeded random subset of -fisher_samples) in eval mode, as the reference.
     Each weight is replaced by w + sqrt(var)·ε, ε ~ N(0, 1) from torch's default generator,
     drawn per parameter in model.parameters() order, with (the reference's get_mean_var):
       var = α·min(1/(F + 1e-8), 1e3), clamped at α·1e2 in the final classification layer;
@@ -234,19 +230,16 @@ def FisherForgetting(model, data, args, device):
     Sub-class: the outputs are coarse classes and the forget target is a fine class, so no
     output row belongs to it alone and none is zeroed; as the reference's sub-class and random
     variants, the final weight matrix gets no ×10 there. Random: likewise, nothing is zeroed.
-    α: FISHER["alpha"] (1e-6, what the reference passes) or -fisher_alpha.
+    α and the caps: FisherHP.
     """
-    alpha = getattr(args, "fisher_alpha", None)
-    alpha = FISHER["alpha"] if alpha is None else _non_negative(alpha, "-fisher_alpha")
-    args.fisher_alpha = alpha  # the run's record saves the resolved value
     final = final_layer(model, data.num_classes)
     if data.setting == "fullclass" and data.forget_class is None:
         raise UserError("FisherForgetting in full class needs a forget class")
 
     retain = data.retain_train.dataset
-    budget = FISHER_SAMPLES.get(data.dataset)
+    budget = hp.samples
     if budget is not None and budget < len(retain):
-        pick = torch.randperm(len(retain), generator=torch.Generator().manual_seed(args.seed))[:budget]
+        pick = torch.randperm(len(retain), generator=torch.Generator().manual_seed(data.seed))[:budget]
         retain = Subset(retain, pick.sort().values.tolist())
     loader = DataLoader(retain, batch_size=data.retain_train.batch_size, shuffle=False,
                         num_workers=data.retain_train.num_workers)
@@ -257,6 +250,6 @@ def FisherForgetting(model, data, args, device):
         for name, p in model.named_parameters():
             if name not in fisher:
                 continue
-            mu, var = fisher_mean_var(p, fisher[name], name in final, alpha, data.setting, data.forget_class)
+            mu, var = fisher_mean_var(p, fisher[name], name in final, hp.alpha, data.setting, data.forget_class, hp)
             p.copy_(mu + var.sqrt() * torch.randn_like(p))
     return model

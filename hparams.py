@@ -1,0 +1,183 @@
+"""Hyperparameters declared once, as data.
+
+A method declares its hyperparameters as a frozen dataclass whose defaults are the reference's
+values; each field carries its command-line flag, help text and valid range (``hp``). Next to it
+a short table of overrides changes values for some nets, data sets or settings. ``resolve``
+applies defaults -> overrides (in table order) -> command-line flags and checks every value;
+``add_flags`` generates the flags from the fields, with help texts built from the table, so no
+value is ever written twice. Imports nothing from the project and no torch.
+"""
+import argparse
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class InvalidValue(ValueError):
+    """A hyperparameter outside its valid range (the mains turn it into a one-line error)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Valid values of a numeric hyperparameter: ``low``/``high`` bounds (inclusive unless the
+    ``*_open`` flag is set); None means unbounded. NaN and infinities are never valid."""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+            return False
+        if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
+            return False
+        return True
+
+    def __str__(self):
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "finite"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+FRACTION = Range(0, 1, low_open=True)
+
+
+def hp(default, help, flag, valid=None, choices=None):
+    """A hyperparameter field: its reference value, a one-line meaning, the command-line flag
+    that overrides it (without the dash; None: no flag) and its valid values (a Range or
+    ``choices``)."""
+    return field(default=default, metadata=dict(help=help, flag=flag, valid=valid, choices=choices))
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Rows of (condition, changes): a row applies when every key of its condition (``net``,
+    ``dataset``, ``setting``) equals the run's value, or is among them when given as a tuple.
+    Later rows win."""
+    rows: tuple = ()
+
+    def applying(self, context):
+        for when, changes in self.rows:
+            if all(context.get(k) in (v if isinstance(v, tuple) else (v,)) for k, v in when.items()):
+                yield when, changes
+
+
+def _type(f):
+    """The flag's value type: the field's annotation (Optional[X] -> X), else its default's type."""
+    t = f.type
+    if isinstance(t, str):
+        t = {"int": int, "float": float, "str": str, "bool": bool}.get(t.replace("Optional[", "").rstrip("]"))
+    elif not isinstance(t, type):
+        t = next((a for a in typing.get_args(t) if a is not type(None)), None)
+    return t if isinstance(t, type) else type(f.default)
+
+
+def _bool(s):
+    v = str(s).lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def _int_tuple(s):
+    try:
+        return tuple(int(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _show(v):
+    if isinstance(v, tuple):
+        return ",".join(map(str, v))
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _describe(cls, overrides, name):
+    """'default 0.01; 128 (net ViT)': the field's default and every override row of it."""
+    parts = [] if getattr(cls, name) is None else [_show(getattr(cls, name))]
+    for when, changes in overrides.rows:
+        if name in changes:
+            cond = ", ".join(f"{k} {'|'.join(v) if isinstance(v, tuple) else v}" for k, v in when.items())
+            parts.append(f"{_show(changes[name])} ({cond or 'every run'})")
+    return "default " + "; ".join(parts)
+
+
+def add_flags(parser, cls, overrides=Overrides(), group=None, skip=()):
+    """Add one flag per field of ``cls`` (default None = not given on the command line), with
+    a help text made of the field's meaning, its valid values and its resolved defaults."""
+    target = parser.add_argument_group(group) if group else parser
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        if m["flag"] is None or m["flag"] in skip:
+            continue
+        t = _type(f)
+        valid = f" ({m['valid']})" if m["valid"] else ""
+        # the trailing %(default).0s prints nothing; it keeps argparse from appending "(default: None)"
+        help_text = f"{m['help']}{valid}; {_describe(cls, overrides, f.name)}".replace("%", "%%") + "%(default).0s"
+        kwargs = dict(default=None, help=help_text, dest=m["flag"])
+        if m["choices"]:
+            kwargs["choices"] = list(m["choices"])
+        kwargs["type"] = _bool if t is bool else _int_tuple if t is tuple else t
+        if t is bool:  # "-flag" alone means true, as a store_true flag; "-flag false" also works
+            kwargs.update(nargs="?", const=True, metavar="true|false")
+        target.add_argument(f"-{m['flag']}", **kwargs)
+
+
+def resolve(cls, overrides=Overrides(), context=None, flags=None):
+    """The run's hyperparameters: ``cls``'s defaults, the override rows that match ``context``
+    (dict with net, dataset, setting), then every flag of ``flags`` (a dict or argparse
+    Namespace, keyed by flag name) that is not None. Raises InvalidValue naming the flag."""
+    context = dict(context or {})
+    flags = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
+    # a field may select override rows itself (gkt's recipe): its flag or default joins the context
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for key in {k for when, _ in overrides.rows for k in when} & by_name.keys() - context.keys():
+        f = by_name[key]
+        given = flags.get(f.metadata["flag"]) if f.metadata["flag"] else None
+        context[key] = f.default if given is None else given
+    values = {}
+    for _, changes in overrides.applying(context):
+        values.update(changes)
+    for f in dataclasses.fields(cls):
+        given = flags.get(f.metadata["flag"]) if f.metadata["flag"] else None
+        if given is not None:
+            values[f.name] = given
+    out = cls(**values)
+    check(out)
+    return out
+
+
+def check(instance):
+    for f in dataclasses.fields(instance):
+        v, m = getattr(instance, f.name), f.metadata
+        if m.get("choices") and v not in m["choices"]:
+            raise InvalidValue(f"-{m['flag']} must be one of {', '.join(map(str, m['choices']))} (got {v!r})")
+        if m.get("valid") is not None and v is not None and not m["valid"].contains(v):
+            raise InvalidValue(f"-{m['flag']} must be {m['valid']} (got {v})")
+
+
+def as_record(instance):
+    """The resolved values, keyed by field name, for the run's record."""
+    return {} if instance is None else dataclasses.asdict(instance)
+
+
+def with_values(instance, **changes):
+    """A copy with some fields changed, checked again."""
+    out = dataclasses.replace(instance, **changes)
+    check(out)
+    return out
+

@@ -1,0 +1,43 @@
+"""JiT (``lipschitz_forgetting``), this paper's method: Lipschitz smoothing of the model around
+each forget sample (Lipschitz.jit_unlearn). σ, η, N come from the JIT table at the top of each
+forget_*_main.py (per net), or from -sigma/-eta/-n_samples."""
+from dataclasses import dataclass
+from typing import Optional
+
+from hparams import AT_LEAST_ONE, POSITIVE, hp
+from Lipschitz import DEFAULT_CHUNK, GRAD_MODES, MODEL_MODES, REDUCTIONS, jit_unlearn
+from registry import register
+
+
+@dataclass(frozen=True)
+class JitHP:
+    """The defaults of the switches are the reference's behaviour; σ, η, N are the main's."""
+    sigma: Optional[float] = hp(None, "JiT σ, the perturbation scale (the reference's lipschitz_weighting)",
+                                "sigma", POSITIVE)
+    eta: Optional[float] = hp(None, "JiT η, its SGD learning rate", "eta", POSITIVE)
+    n_samples: Optional[int] = hp(None, "JiT perturbations N per forget sample", "n_samples", AT_LEAST_ONE)
+    grad: str = hp("accumulate", "JiT gradients: accumulated across forget batches (the reference) or "
+                   "cleared per batch", "jit_grad", choices=GRAD_MODES)
+    reduction: str = hp("sum", "JiT batch loss: sum over the batch (the reference) or mean", "jit_reduction",
+                        choices=REDUCTIONS)
+    mode: str = hp("as_loaded", "JiT model mode: as loaded, i.e. train mode with dropout (the reference), "
+                   "or eval", "jit_mode", choices=MODEL_MODES)
+    cpu_noise: bool = hp(False, "draw JiT's noise on the CPU and move it to the device, as the reference "
+                         "(the same numbers on a GPU; slower)", "jit_cpu_noise")
+    chunk: int = hp(DEFAULT_CHUNK, "most perturbed images in one JiT forward", "jit_chunk", AT_LEAST_ONE)
+
+
+def table_overrides(table):
+    """A main's JIT table ({net: dict(sigma, eta, n_samples), 'default': ...}) as override rows."""
+    from hparams import Overrides
+
+    rows = [({}, table["default"])] + [(dict(net=k), v) for k, v in table.items() if k != "default"]
+    return Overrides(tuple(rows))
+
+
+@register("lipschitz_forgetting", hparams=JitHP, zero_shot=True)
+def lipschitz_forgetting(model, data, hp, device):
+    """JiT (Lipschitz.jit_unlearn) with the resolved σ, η, N and switches."""
+    return jit_unlearn(model, data.forget_train, hp.sigma, hp.eta, hp.n_samples, chunk_size=hp.chunk,
+                       device=device, grad=hp.grad, reduction=hp.reduction, mode=hp.mode,
+                       cpu_noise=hp.cpu_noise, amp=data.amp)

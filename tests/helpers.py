@@ -1,0 +1,171 @@
+"""Helpers shared by the tests (imported as ``from helpers import ...``; fixtures live in
+conftest.py): running the scripts in a scratch folder, small data sets, tiny CIFAR files in
+torchvision's format, and resolving a method's hyperparameters for a direct call."""
+import contextlib
+import io
+import math
+import os
+import runpy
+import subprocess
+import sys
+import tempfile
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tools import fake_cifar  # noqa: E402
+from tools.fake_cifar import CIFAR100_COARSE  # noqa: E402,F401  (re-exported to the tests)
+
+SCRIPT_TIMEOUT = 300
+
+FORGET_FINE = {"rocket": 69, "mushroom": 51, "baby": 2, "lamp": 40, "sea": 71}
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               WANDB_MODE="disabled")
+    return env
+
+
+_WORKDIR = []
+
+
+def workdir():
+    """The working folder of every script a test runs: a scratch folder, so that whatever a
+    script writes to its default relative paths (results/, checkpoint/retrained/, ...) never
+    lands in the checkout, where a later quickstart would find it."""
+    if not _WORKDIR:
+        _WORKDIR.append(Path(tempfile.mkdtemp(prefix="jit-tests-cwd-")))
+    return _WORKDIR[0]
+
+
+def run_script(args, timeout=SCRIPT_TIMEOUT):
+    """Run ``python <script> <args...>`` (``script`` relative to the repository) in the
+    scratch folder; return the CompletedProcess."""
+    script, *rest = map(str, args)
+    return subprocess.run([sys.executable, str(REPO / script), *rest], cwd=workdir(), env=_env(),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_scripts(arg_lists, parallel=1, timeout=SCRIPT_TIMEOUT):
+    """Run several independent scripts, ``parallel`` at a time; results in input order.
+    (On a 2-core machine running them side by side is no faster: torch already uses both.)"""
+    if parallel <= 1:
+        return [run_script(a, timeout) for a in arg_lists]
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(pool.map(lambda a: run_script(a, timeout), arg_lists))
+
+
+def run_inprocess(args):
+    """Run ``<script> <args...>`` as ``__main__`` inside this interpreter (no torch import
+    cost), cwd = the scratch folder, and report it like a finished process: returncode from
+    SystemExit (0 if the script returns), captured stdout/stderr; an exception escaping the
+    script is written to stderr as a traceback with returncode 1, as Python would."""
+    script, *rest = map(str, args)
+    out, err = io.StringIO(), io.StringIO()
+    old_argv = sys.argv
+    sys.argv = [script, *rest]
+    code = 0
+    try:
+        with contextlib.chdir(workdir()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(REPO / script), run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+            except Exception:  # noqa: BLE001 - reported like an uncaught exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = old_argv
+    return SimpleNamespace(args=[script, *rest], returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def describe(proc):
+    """Short description of a finished process for assertion messages."""
+    return f"rc={proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+# ---- shared by the baseline tests -----------------------------------------------------------
+
+class Triples(torch.utils.data.Dataset):
+    """(image, fine label, model label) like the project's data sets, with a ``targets`` array."""
+
+    def __init__(self, x, y, fine=None):
+        self.x, self.targets, self.fine = x, y.numpy(), fine
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        fine = torch.tensor([]) if self.fine is None else int(self.fine[i])
+        return self.x[i], fine, int(self.targets[i])
+
+
+# The three mains on Digits, as (checkpoint 10-way, checkpoint Digits5) -> command head.
+MAINS = {
+    "full": lambda w, w5: ["forget_full_class_main.py", "-dataset", "Digits", "-classes", "10",
+                           "-forget_class", "3", "-weight_path", w],
+    "sub": lambda w, w5: ["forget_sub_class_main.py", "-dataset", "Digits5", "-superclasses", "5",
+                          "-subclasses", "10", "-forget_class", "3", "-weight_path", w5],
+    "random": lambda w, w5: ["forget_random_main.py", "-dataset", "Digits", "-classes", "10",
+                             "-forget_perc", "0.05", "-weight_path", w],
+}
+SETTING = {"full": "fullclass", "sub": "subclass", "random": "random"}
+
+
+# ---- tiny CIFAR files ---------------------------------------------------------------------
+
+def write_cifar(root, seed=0):
+    """Write tiny CIFAR-10 and CIFAR-100 files under ``root`` with the project's generator
+    (tools/fake_cifar.py, which gpu_check.sh uses too); return the arrays written, as
+    {"cifar10": {file: (data, labels)}, "cifar100": {file: (data, fine, coarse)}}.
+
+    CIFAR-10: data_batch_1..5 and test_batch, 10 images each, every class once per file.
+    CIFAR-100: 200 train images (every fine class once, each of the five forget classes and
+    the classes 0, 1, 3, 99 eleven more times, 99 once more) and 100 test images (every
+    fine class once), with the official coarse labels.
+    """
+    train = np.ones(100, dtype=np.int64)
+    train[list(FORGET_FINE.values()) + [0, 1, 3, 99]] += 11
+    train[99] += 1
+    assert train.sum() == 200
+    return {"cifar10": fake_cifar.write_cifar(root, "cifar10", 5, 1, seed=seed),
+            "cifar100": fake_cifar.write_cifar(root, "cifar100", train, 1, seed=seed + 1)}
+
+
+# ---- oracles -------------------------------------------------------------------------------------
+
+def literal_js(p, q):
+    """Textbook JS divergence, one row at a time, in nats."""
+    total = 0.0
+    for pr, qr in zip(p, q):
+        m = [(a + b) / 2 for a, b in zip(pr, qr)]
+        kl_p = sum(a * math.log(a / c) for a, c in zip(pr, m) if a > 0)
+        kl_q = sum(b * math.log(b / c) for b, c in zip(qr, m) if b > 0)
+        total += 0.5 * kl_p + 0.5 * kl_q
+    return total / len(p)
+
+
+
+# ---- methods called directly ------------------------------------------------------------------
+
+def hp_for(method, data=None, **flags):
+    """The resolved hyperparameters of ``method`` for ``data``'s net, data set and setting (any
+    missing: no override row matches), with ``flags`` given by flag name (e.g. scrub_epochs=4)."""
+    import hparams
+    from methods import METHODS
+
+    m = METHODS[method]
+    context = {k: getattr(data, k) for k in ("net", "dataset", "setting") if data is not None and hasattr(data, k)}
+    return hparams.resolve(m.hparams, m.overrides or hparams.Overrides(), context, flags)

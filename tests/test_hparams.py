@@ -1,0 +1,120 @@
+"""The hyperparameter mechanism: declared once per method, resolved defaults -> override rows ->
+flags, flags generated from the declarations, every value checked, resolved values recorded."""
+import dataclasses
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import hparams
+from hparams import AT_LEAST_ONE, POSITIVE, Overrides, hp
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Toy:
+    lr: float = hp(0.1, "toy learning rate", "toy_lr", POSITIVE)
+    epochs: int = hp(3, "toy epochs", "toy_epochs", AT_LEAST_ONE)
+    mode: str = hp("a", "toy mode", "toy_mode", choices=("a", "b"))
+    fast: bool = hp(False, "toy switch", "toy_fast")
+
+
+TOY_ROWS = Overrides((
+    (dict(net="ViT"), dict(lr=0.5)),
+    (dict(dataset=("Digits", "Digits5")), dict(epochs=7, lr=0.01)),
+    (dict(mode="b"), dict(epochs=9)),
+))
+
+
+def test_defaults_then_matching_rows_in_order_then_flags():
+    assert hparams.resolve(Toy, TOY_ROWS, dict(net="VGG16", dataset="Cifar10")) == Toy()
+    assert hparams.resolve(Toy, TOY_ROWS, dict(net="ViT", dataset="Cifar10")).lr == 0.5
+    # a later row wins over an earlier one; a tuple condition matches any of its values
+    both = hparams.resolve(Toy, TOY_ROWS, dict(net="ViT", dataset="Digits5"))
+    assert (both.lr, both.epochs) == (0.01, 7)
+    # a flag wins over every row; None means "not given"
+    flagged = hparams.resolve(Toy, TOY_ROWS, dict(net="ViT", dataset="Digits"), dict(toy_lr=0.2, toy_epochs=None))
+    assert (flagged.lr, flagged.epochs) == (0.2, 7)
+
+
+def test_a_field_can_select_rows_itself():
+    assert hparams.resolve(Toy, TOY_ROWS, {}, dict(toy_mode="b")).epochs == 9
+    assert hparams.resolve(Toy, TOY_ROWS, {}, {}).epochs == 3
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(toy_lr=0.0), "-toy_lr must be > 0"), (dict(toy_lr=float("inf")), "-toy_lr must be > 0"),
+    (dict(toy_lr=float("nan")), "-toy_lr"), (dict(toy_epochs=0), "-toy_epochs must be >= 1"),
+    (dict(toy_mode="c"), "-toy_mode must be one of a, b"),
+])
+def test_out_of_range_values_are_refused_naming_the_flag(flags, message):
+    with pytest.raises(hparams.InvalidValue, match=message):
+        hparams.resolve(Toy, TOY_ROWS, {}, flags)
+
+
+def test_flags_are_generated_with_the_resolved_defaults_in_their_help():
+    import argparse
+
+    p = argparse.ArgumentParser(prefix_chars="-")
+    hparams.add_flags(p, Toy, TOY_ROWS)
+    args = p.parse_args(["-toy_lr", "0.3", "-toy_fast"])
+    assert (args.toy_lr, args.toy_epochs, args.toy_fast, args.toy_mode) == (0.3, None, True, None)
+    assert p.parse_args(["-toy_fast", "false"]).toy_fast is False
+    text = " ".join(p.format_help().split())
+    assert "toy learning rate (> 0); default 0.1; 0.5 (net ViT); 0.01 (dataset Digits|Digits5)" in text
+    assert "(default: None)" not in text
+
+
+def test_every_method_flag_is_unique_and_every_default_is_valid():
+    from methods import METHODS
+
+    owner = {}
+    for name, m in METHODS.items():
+        if m.hparams is None:
+            continue
+        hparams.check(m.hparams())
+        for f in dataclasses.fields(m.hparams):
+            flag = f.metadata["flag"]
+            if flag is not None:
+                assert owner.setdefault(flag, m.hparams) is m.hparams, f"-{flag} declared by two classes"
+        for when, changes in (m.overrides or Overrides()).rows:
+            assert set(changes) <= {f.name for f in dataclasses.fields(m.hparams)}, (name, changes)
+
+
+def test_the_resolved_values_reach_the_record(tmp_path):
+    """Through a real main: the record's hparams are the resolved values (table + flag)."""
+    import json
+
+    import flags
+    import forget_full_class_main as main
+
+    args = flags.parser_for(main.TASK).parse_args(
+        ["-net", "ViT", "-dataset", "Cifar10", "-classes", "10", "-forget_class", "3", "-method", "blindspot",
+         "-bt_lr", "0.002", "-results", str(tmp_path / "r.jsonl")])
+    hp_ = flags.resolve_method(args, "fullclass", main.JIT)
+    assert (hp_.batch, hp_.lr, hp_.epochs) == (128, 0.002, 1)  # ViT row, flag, default
+    assert json.loads(json.dumps(hparams.as_record(hp_)))["batch"] == 128
+
+
+MODULES = sorted([p.stem for p in REPO.glob("*.py")] + [f"methods.{p.stem}" for p in (REPO / "methods").glob("*.py")
+                                                        if p.stem != "__init__"] + ["methods"])
+
+
+@pytest.mark.slow
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """No import circle: each module imported first, then all the others, in a fresh process."""
+    code = ("import importlib, sys\nfirst = sys.argv[1]\nimportlib.import_module(first)\n"
+            f"for m in {MODULES!r}:\n    importlib.import_module(m)\n")
+    for first in MODULES:
+        proc = subprocess.run([sys.executable, "-c", code, first], cwd=REPO, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, f"importing {first} first:\n{proc.stderr[-2000:]}"
+
+
+def test_the_registry_imports_nothing_of_the_project():
+    source = (REPO / "registry.py").read_text()
+    imports = [ln for ln in source.splitlines() if ln.startswith(("import ", "from "))]
+    assert all(ln.split()[1].split(".")[0] in {"dataclasses", "typing"} for ln in imports), imports
