@@ -70,22 +70,12 @@ fi
 
 # 3. host memory of a ViT forget run over the whole of CIFAR-100-sized data
 write_cifar100 "$data/cifar-100-full" "${full[@]}"
-python -c "import torch; from models import ViT; torch.save(ViT(100).state_dict(), '$out/vit-random.pth')"
+python tools/random_weights.py ViT 100 "$out/vit-random.pth"
 t0=$SECONDS
-timeout "$limit" python - "$out" "$data/cifar-100-full" "${dev[@]}" <<'EOF' > "$out/vit-memory.log" 2>&1
-import json, resource, runpy, sys
-out, data, dev = sys.argv[1], sys.argv[2], sys.argv[3:]
-sys.argv = ["forget_full_class_main.py", "-net", "ViT", "-dataset", "Cifar100", "-classes", "100", *dev, "-amp",
-            "-method", "baseline", "-forget_class", "rocket", "-weight_path", f"{out}/vit-random.pth",
-            "-data_root", data, "-results", f"{out}/vit.jsonl", "-relearn_max_steps", "0", "-retrain_dir", f"{out}/rt"]
-try:
-    runpy.run_path("forget_full_class_main.py", run_name="__main__")
-finally:
-    gib = {k: resource.getrusage(getattr(resource, k)).ru_maxrss / 2**20
-           for k in ("RUSAGE_SELF", "RUSAGE_CHILDREN")}
-    json.dump({"peak_host_gib_main_process": round(gib["RUSAGE_SELF"], 3),
-               "peak_host_gib_largest_worker": round(gib["RUSAGE_CHILDREN"], 3)}, open(f"{out}/vit-memory.json", "w"))
-EOF
+timeout "$limit" python tools/peak_memory.py "$out/vit-memory.json" forget_full_class_main.py -net ViT \
+    -dataset Cifar100 -classes 100 "${dev[@]}" -amp -method baseline -forget_class rocket \
+    -weight_path "$out/vit-random.pth" -data_root "$data/cifar-100-full" -results "$out/vit.jsonl" \
+    -relearn_max_steps 0 -retrain_dir "$out/rt" > "$out/vit-memory.log" 2>&1
 summary "ViT forget run ($((full[0] * 100)) + $((full[1] * 100)) images at 224, -amp): exit $? in $((SECONDS - t0)) s: $(cat "$out/vit-memory.json" 2>/dev/null)"
 # the weights are not results: leave only logs, records and reports in OUT
 rm -rf "$data" "$out"/*.pth "$out/retrained" "$out/rt"

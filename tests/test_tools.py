@@ -1,0 +1,33 @@
+"""The small tools gpu_check.sh uses: random weights of a registered net, and the peak host
+memory of a script run."""
+import json
+import subprocess
+import sys
+
+import torch
+from helpers import REPO
+
+import models
+
+
+def test_random_weights_load_strict_into_the_net(tmp_path):
+    out = tmp_path / "w.pth"
+    proc = subprocess.run([sys.executable, "tools/random_weights.py", "SmallCNN", "7", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    models.SmallCNN(7).load_state_dict(torch.load(out, weights_only=True), strict=True)
+    bad = subprocess.run([sys.executable, "tools/random_weights.py", "NoNet", "7", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode != 0 and bad.stderr.startswith("usage:")
+
+
+def test_peak_memory_passes_the_arguments_on_and_reports_even_on_failure(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("import sys\nbuf = bytearray(64 * 2**20)\nsys.exit(int(sys.argv[1]))\n")
+    for code in (0, 3):
+        out = tmp_path / f"m{code}.json"
+        proc = subprocess.run([sys.executable, "tools/peak_memory.py", str(out), str(script), str(code)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == code, proc.stderr
+        peak = json.loads(out.read_text())
+        assert peak["peak_host_gib_main_process"] >= 64 / 1024
