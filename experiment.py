@@ -27,6 +27,10 @@ from methods import METHODS, UnlearnData
 from models import build_model, input_size
 from utils import UserError, cli, device_name, library_versions, load_weights, now_iso, resolve_device, seed_everything
 
+# Fewest retained training images a run accepts (at least one per class as well): fine-tuning,
+# retraining and the membership attack's fit need more than a handful.
+MIN_RETAIN = 10
+
 
 @dataclass(frozen=True)
 class Task:
@@ -87,6 +91,10 @@ def prepare(args, setting, num_classes, target_id, split_fn):
     for name, (_, idx) in split.items():
         if len(idx) == 0:
             raise UserError(f"the {name} split is empty for forget target {forget!r}")
+    n_forget, n_retain = len(split["forget_train"][1]), len(split["retain_train"][1])
+    if n_retain < max(MIN_RETAIN, num_classes):
+        raise UserError(f"the split leaves {n_retain} training image(s) to retain ({n_forget} to forget): too few to "
+                        f"train on or to fit the membership attack; at least {max(MIN_RETAIN, num_classes)} are needed")
     subset = {n: Subset(train if src == "train" else test, idx) for n, (src, idx) in split.items()}
     data = UnlearnData(
         forget_train=loader(subset["forget_train"], args.b, False, workers, device),

@@ -20,7 +20,6 @@ import torch.nn as nn
 from helpers import literal_js
 
 import datasets
-import evaluation
 import metrics
 import models
 
@@ -106,13 +105,11 @@ def planted(tmp_path, monkeypatch):
         argv = [main, "-net", "Planted", "-dataset", dataset, *classes_args, *target_args,
                 "-method", "baseline", "-weight_path", str(weights), "-b", str(B), "-seed", "3",
                 "-results", str(results), "-retrain_dir", str(tmp_path / "retrained")]
-        # a saved "retrained" model for JSToRetrain / ActDistToRetrain, where the run looks for it
-        ns = type("A", (), {"retrain_dir": str(tmp_path / "retrained"), "dataset": dataset, "net": "Planted",
-                            "seed": 3})()
+        # a saved "retrained" model for JSToRetrain / ActDistToRetrain, named as retrain runs name theirs
         setting = {"forget_full_class_main.py": "fullclass", "forget_sub_class_main.py": "subclass",
                    "forget_random_main.py": "random"}[main]
         forget = target_args[1] if target_args[0] == "-forget_class" else float(target_args[1])
-        gold_path = Path(evaluation.retrain_checkpoint(ns, setting, forget, "retrain_full"))
+        gold_path = tmp_path / "retrained" / f"{setting}-{dataset}-Planted-{forget}-seed3-retrain_full-0123456789.pth"
         gold_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(gold.state_dict(), gold_path)
 
