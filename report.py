@@ -13,6 +13,13 @@ in a record means "not a number" (or not measured) and is left out of the means,
 NaN/Infinity tokens in files written before records became strict JSON.
 Lines that are not records (not JSON, not an object, missing setting/dataset/net/method,
 non-numeric metrics) are skipped and counted; a binary file stops the report.
+
+Forgetting-quality records (forgetting_quality.py, kind "forgetting_quality") get a table of
+their own, OUT-fq.md: per setting, data set, net, forget target, K and method, the newest
+record's F, final score, mean Dr/Test of the unlearned and of the retrained models and the
+median ε; and one plot per setting, OUT-eps-SETTING-DATASET-NET-TARGET-KK.png: the share of
+forget examples in each of the competition's ε buckets, per method (retrain_full: the
+retrain-vs-retrain floor).
 """
 import csv
 import json
@@ -20,6 +27,8 @@ import math
 import os
 import sys
 from collections import OrderedDict
+
+import numpy as np
 
 from registry import RETRAIN_METHODS  # torch-free: reading records never loads a method
 from utils import Parser, UserError, check_writable, cli
@@ -222,6 +231,105 @@ def write(records, out):
     return rows
 
 
+# ---- forgetting quality (forgetting_quality.py) ---------------------------------------------
+
+FQ_KIND = "forgetting_quality"
+FQ_COLUMNS = [("F", "F", "{:.3f}"), ("final score", "FinalScore", "{:.3f}"), ("Dr", "RetainTestAccExact", "{:.2f}"),
+              ("Test", "TestAccExact", "{:.2f}"), ("Dr retrain", "RetrainRetainTestAccExact", "{:.2f}"),
+              ("Test retrain", "RetrainTestAccExact", "{:.2f}"), ("median ε", "EpsMedian", "{:.2f}"),
+              ("method time (s)", "MethodTime", "{:.1f}")]
+
+
+def is_fq(r):
+    return r.get("kind") == FQ_KIND
+
+
+def fq_groups(records):
+    """{(setting, data set, net, forget target, K): {method: newest record}}; a later record
+    of the same method (a rerun) replaces an earlier one."""
+    groups = OrderedDict()
+    for r in records:
+        key = (r["setting"], r["dataset"], r["net"], str(r.get("forget")), r.get("K"))
+        groups.setdefault(key, OrderedDict())[r["method"]] = r
+    return groups
+
+
+def fq_rows(records):
+    rows = []
+    for (setting, dataset, net, forget, k), by_method in fq_groups(records).items():
+        for method, r in by_method.items():
+            name = f"{method} (floor, K/2)" if method in RETRAIN_METHODS else method
+            row = OrderedDict(setting=setting, dataset=dataset, net=net, forget=forget, K=k, method=name)
+            for col, key, spec in FQ_COLUMNS:
+                v = r.get(key)
+                row[col] = "diverged" if r.get("diverged") else (spec.format(v) if _number(v) else "–")
+            rows.append(row)
+    return rows
+
+
+def fq_plot_path(out, key):
+    safe = "-".join("".join(c if c.isalnum() or c in "._" else "_" for c in str(part)) for part in key[:4])
+    return f"{out}-eps-{safe}-K{key[4]}.png"
+
+
+def fq_plot(by_method, key, path):
+    """Grouped bars: per ε bucket, the share of forget examples of each method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [(m, r) for m, r in by_method.items()
+             if isinstance(r.get("EpsHistogram"), dict) and not r.get("diverged")]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(1, len(shown))
+    colours = iter(["tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                    "tab:cyan", "tab:gray"])  # green is the floor's
+    ticks = []
+    for i, (method, r) in enumerate(shown):
+        h = r["EpsHistogram"]
+        try:
+            counts = np.asarray(h.get("counts", []), dtype=float)
+            edges = [float(e) for e in h.get("edges", [])]
+        except (TypeError, ValueError):  # a hand-edited or foreign record: no bars, no traceback
+            continue
+        if counts.ndim != 1 or len(edges) != len(counts) + 1 or not counts.sum() > 0:
+            continue
+        # bars sit at their lower edge's bucket, so methods scored at another K (the floor at
+        # K/2, whose last bucket starts earlier) share the axis
+        x = np.asarray(edges[:-1]) / 0.5 + (i - (len(shown) - 1) / 2) * width
+        labels = [f"[{a:g}, {b:g})" for a, b in zip(edges[:-1], edges[1:])]
+        labels[-1] = f"≥ {edges[-2]:g}"
+        if len(labels) > len(ticks):
+            ticks = labels
+        floor = method in RETRAIN_METHODS
+        name = f"{method}: retrain vs retrain at K/2 (last bar ≥ {edges[-2]:g})" if floor else method
+        ax.bar(x, counts / counts.sum(), width, label=f"{name}, F={r['F']:.3f}" if _number(r.get("F")) else name,
+               **(dict(color="tab:green", hatch="//") if floor else dict(color=next(colours, "grey"))))
+    ax.set_xticks(np.arange(len(ticks)), ticks, fontsize=8)
+    setting, dataset, net, forget, k = key
+    ax.set_title(f"per-example ε, {setting} · {dataset} · {net} · forget {forget} · K={k}", fontsize=9)
+    ax.set_xlabel("ε bucket (worth 1, 1/2, 1/4, … points; the last, none)")
+    ax.set_ylabel("share of forget examples")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_fq(records, out):
+    """OUT-fq.md and one ε plot per setting; returns (rows, plot paths)."""
+    rows = fq_rows(records)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + "-fq.md", "w") as f:
+        f.write(markdown(rows) + "\n")
+    paths = []
+    for key, by_method in fq_groups(records).items():
+        paths.append(fq_plot_path(out, key))
+        fq_plot(by_method, key, paths[-1])
+    return rows, paths
+
+
 def main(argv=None):
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", help="results JSON-lines files")
@@ -238,13 +346,23 @@ def main(argv=None):
     records = []
     for f in args.files:
         records += read_file(f)
+    fq = [r for r in records if is_fq(r)]
+    records = [r for r in records if not is_fq(r)]
+    if fq:
+        check_writable(out + "-fq.md", "-out")
+        for key in fq_groups(fq):
+            check_writable(fq_plot_path(out, key), "-out")
     try:
-        rows = write(records, out)
+        rows = write(records, out) if records else None
+        fq_out = write_fq(fq, out) if fq else None
     except OSError as e:  # checked writable above: a full disk, or a folder gone meanwhile
         raise UserError(f"cannot write the report {out}.*: {e.strerror or e}") from None
-    print(markdown(rows))
-    print(f"report: {out}.md, {out}.csv, {out}.png")
-
+    if rows is not None:
+        print(markdown(rows))
+        print(f"report: {out}.md, {out}.csv, {out}.png")
+    if fq_out is not None:
+        print(("\n" if rows is not None else "") + "forgetting quality:\n" + markdown(fq_out[0]))
+        print(f"forgetting quality: {out}-fq.md, " + ", ".join(fq_out[1]))
 
 if __name__ == "__main__":
     cli(main)

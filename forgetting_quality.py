@@ -1,0 +1,330 @@
+"""Forgetting quality: the first NeurIPS unlearning competition's per-example score F of each method.
+
+python forgetting_quality.py -setting fullclass -net SmallCNN -dataset Digits -classes 10 -forget_class 3 \
+    -weight_path checkpoint/quickstart/SmallCNN-Digits.pth -K 16 -methods lipschitz_forgetting,finetune,retrain_full
+
+For one setting, data set, net and forget target: K models retrained from scratch without the
+forget set (retrain_full, seeds 0..K-1) and, per method, K runs of the method on the one
+original model (seeds 0..K-1). Every forget example's logit-scaled confidence under the 2K
+models gives its ε and the forgetting quality F (metrics.forget_score); one record per method
+goes to -results with F, the competition's final score F × (Dr/Dr_retrain) × (Test/Test_retrain),
+the ε histogram and the times. See docs/forgetting-quality.md.
+
+The retrained models are saved in -fq_cache, named by everything that changes them, and reused
+by every method and every later call (an interrupted call resumes from them). They train here one
+after another, or as separate runs of this command spread over GPU slots (-slots 0,1,2,3) or
+SLURM jobs (-slurm). retrain_full in -methods is the floor: the K retrained models split in two
+halves, one compared with the other (at K/2 models a side).
+"""
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+import forget_full_class_main
+import forget_random_main
+import forget_sub_class_main
+import grid
+import hparams
+import metrics
+import records
+from evaluation import Diverged, check_finite, logits_of
+from experiment import prepare
+from flags import base_parser, resolve_method
+from methods import METHODS
+from utils import (
+    UserError,
+    append_record,
+    atomic_save,
+    check_results_path,
+    check_writable,
+    cli,
+    device_name,
+    int_in,
+    library_versions,
+    load_weights,
+    now_iso,
+    seed_everything,
+)
+
+TASKS = {m.TASK.setting: m.TASK for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
+DEFAULT_METHODS = ("baseline", "lipschitz_forgetting", "finetune", "ssd_tuning", "scrub", "retrain_full")
+RETRAIN = "retrain_full"
+SCRIPT = os.path.abspath(__file__)
+
+
+def parse_args(argv):
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-setting", default="fullclass", choices=list(TASKS))
+    known, _ = pre.parse_known_args(argv)
+    task = TASKS[known.setting]
+    p = base_parser(__doc__.splitlines()[0], batch_size=task.batch, with_method=False, jit_table=task.jit)
+    p.add_argument("-setting", default="fullclass", choices=list(TASKS), help="which forget_*_main.py task")
+    task.add_args(p)
+    p.add_argument("-K", type=int_in(2), default=16,
+                   help="models per side: K retrains and K runs of each method (>= 2; >= 4 with retrain_full)")
+    p.add_argument("-methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods to score")
+    p.add_argument("-fq_cache", default="checkpoint/forgetting_quality",
+                   help="folder of the K retrained models, reused by later calls")
+    p.add_argument("-slots", default=None,
+                   help="train the missing retrains as separate runs, one per slot at a time "
+                        "(e.g. 0,1,2,3 for GPUs, or cpu,cpu); unset: in this process, one after another")
+    grid.add_launch_flags(p, detach=False)
+    p.add_argument("-retrain_only", type=int_in(0), default=None, help=argparse.SUPPRESS)  # one spread-out retrain
+    args = p.parse_args(argv)
+    args.method = RETRAIN  # resolve_method reads it
+    return task, args
+
+
+def method_list(text):
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise UserError(f"-methods {text!r}: an item is empty; give comma-separated method names")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise UserError(f"-methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    twice = [n for n in names if names.count(n) > 1]
+    if twice:
+        raise UserError(f"-methods: {twice[0]} is given twice")
+    return names
+
+
+def hparams_of(args, setting, task, method):
+    a = copy.copy(args)
+    a.method = method
+    return resolve_method(a, setting, task.jit)
+
+
+def retrain_key(args, setting, forget, retrain_hp, seed):
+    """Everything that changes retrained model ``seed``: the split (setting, data, target and
+    -seed, which draws a random forget set), the model, the retain loader's batch, the
+    schedule, and the original model's file: the retrains are the reference for the models
+    unlearned from that file, and a new original is a new experiment."""
+    return dict(setting=setting, dataset=args.dataset, net=args.net, classes=getattr(args, "classes", None),
+                forget=str(forget), split_seed=args.seed, b=args.b, model_seed=seed,
+                retrain=hparams.as_record(retrain_hp), weights=os.path.basename(args.weight_path or ""))
+
+
+def retrain_path(args, setting, forget, retrain_hp, seed):
+    key = retrain_key(args, setting, forget, retrain_hp, seed)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(args.fq_cache, f"{setting}-{args.dataset}-{args.net}-{forget}-seed{seed}-{digest}.pth")
+
+
+def seeded(exp, seed):
+    """The experiment's data with every source of randomness set from ``seed``, as
+    experiment.execute does for -seed."""
+    seed_everything(seed)
+    for ld in (exp.data.forget_train, exp.data.retain_train, exp.data.full_train):
+        if ld is not None and ld.generator is not None:
+            ld.generator.manual_seed(seed)
+    return dataclasses.replace(exp.data, seed=seed)
+
+
+def train_retrain(exp, retrain_hp, seed, path):
+    data = seeded(exp, seed)
+    model = exp.build_fresh().to(exp.device)
+    t0 = time.perf_counter()
+    try:
+        model = METHODS[RETRAIN].fn(model, data, retrain_hp, exp.device)
+        check_finite(model)
+    except FloatingPointError as e:  # Diverged included
+        raise UserError(f"retrain seed {seed} diverged ({e}); change the retrain schedule") from None
+    atomic_save(model.state_dict(), path)
+    return time.perf_counter() - t0
+
+
+def ensure_retrains(args, exp, task, retrain_hp, argv):
+    """Train the missing retrained models; returns (seconds spent, how many were trained)."""
+    paths = [retrain_path(args, exp.setting, exp.forget, retrain_hp, k) for k in range(args.K)]
+    missing = [k for k, p in enumerate(paths) if not os.path.isfile(p)]
+    cached = args.K - len(missing)
+    print(f"retrained models: {cached} of {args.K} cached in {args.fq_cache}"
+          + (f", {len(missing)} to train" if missing else ""), flush=True)
+    if not missing:
+        return 0.0, 0
+    t0 = time.perf_counter()
+    if args.slots is None and args.executor == "slots":
+        for i, k in enumerate(missing, 1):
+            secs = train_retrain(exp, retrain_hp, k, paths[k])
+            print(f"retrain {i}/{len(missing)}: seed {k}, {secs:.1f} s -> {paths[k]}", flush=True)
+    else:
+        spread(args, missing, paths, argv)
+    return time.perf_counter() - t0, len(missing)
+
+
+def spread(args, missing, paths, argv):
+    """The missing retrains as runs of this command with -retrain_only SEED, through grid.py."""
+    logs = os.path.join(args.fq_cache, "logs")
+    runs = [grid.Run(cmd=(sys.executable, SCRIPT, *argv, "-retrain_only", str(k)), name=f"retrain seed {k}",
+                     log=os.path.join(logs, os.path.basename(paths[k])[:-4] + ".log")) for k in missing]
+    try:
+        executor = grid.executor_from_flags(args, os.path.join(args.fq_cache, "jobs"), "fq-retrain",
+                                            gpus_per_node=1 if args.gpu else 0)
+        slots = grid.parse_slots(args.slots) if args.slots else ["cpu"]
+        outcomes = grid.run_grid(runs, slots, executor=executor, job_gpus=1 if args.gpu else 0)
+    except grid.GridError as e:
+        raise UserError(str(e)) from None
+    failed = [o for o in outcomes if not o.ok or not os.path.isfile(paths[int(o.run.name.split()[-1])])]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(runs)} retrain run(s) failed; first: {failed[0].run.name} "
+                        f"(log {failed[0].run.log})")
+
+
+def outputs(model, exp):
+    """(forget-set confidences [M], retain test accuracy, test accuracy) of one model, the
+    accuracies exact, in %, as evaluate_split's RetainTestAccExact and TestAccExact."""
+    check_finite(model)
+    amp = exp.args.amp
+    lg, y = logits_of(model, exp.subset["forget_train"], exp.workers, exp.device, "forget set", amp)
+    conf = metrics.logit_scaled_confidence(lg.float(), y)
+    if not torch.isfinite(conf).all():
+        raise Diverged("non-finite outputs on the forget set")
+    test = logits_of(model, exp.test, exp.workers, exp.device, "test set", amp)
+    source, idx = exp.split["retain_valid"]
+    # retain_valid is part of the test set in every setting: its logits come from the same forward
+    lg_r, y_r = test if source == "test" else logits_of(model, exp.train, exp.workers, exp.device, "train", amp)
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    accs = [metrics.exact_accuracy((lg.argmax(1) == y).numpy()) for lg, y in ((lg_r[idx], y_r[idx]), test)]
+    return [conf, *accs]
+
+
+def histogram(eps, k):
+    """Counts of ε in the competition's buckets: [0, 0.5), [0.5, 1), ... up to ceil(log(K − 1)),
+    and the rest up to the cap (no points)."""
+    bound = max(0.0, math.ceil(math.log(k - 1)))
+    edges = [i * 0.5 for i in range(int(2 * bound) + 1)] + [metrics.FORGET_EPS_CAP]
+    counts, _ = np.histogram(eps, bins=edges)
+    return dict(edges=edges, counts=[int(c) for c in counts])
+
+
+def score(confs_u, confs_r, acc_u, acc_r):
+    f, eps = metrics.forget_score(np.stack(confs_u), np.stack(confs_r))
+    dr_u, test_u = np.mean([a[0] for a in acc_u]), np.mean([a[1] for a in acc_u])
+    dr_r, test_r = np.mean([a[0] for a in acc_r]), np.mean([a[1] for a in acc_r])
+    final = f * (dr_u / dr_r if dr_r > 0 else 0.0) * (test_u / test_r if test_r > 0 else 0.0)
+    return f, final, eps, dict(RetainTestAccExact=float(dr_u), TestAccExact=float(test_u),
+                               RetrainRetainTestAccExact=float(dr_r), RetrainTestAccExact=float(test_r))
+
+
+def run_method(exp, args, method, hp, initial, k):
+    """One run of ``method`` from the original weights with seed ``k``: (the model, or None if
+    it diverged; the seconds it took; why it diverged, or None)."""
+    exp.model.load_state_dict(initial)
+    data = seeded(exp, k)
+    if METHODS[method].zero_shot:
+        data = data.without_retain()
+    t0 = time.perf_counter()
+    model, reason = None, None
+    try:
+        model = METHODS[method].fn(exp.model, data, hp, exp.device)
+    except FloatingPointError as e:
+        reason = str(e)
+    if exp.device.type == "cuda":
+        torch.cuda.synchronize()
+    return model, time.perf_counter() - t0, reason
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    task, args = parse_args(argv)
+    methods = method_list(args.methods)
+    if RETRAIN in methods and args.K < 4:
+        raise UserError(f"-K {args.K}: retrain_full's floor splits the K retrains in two halves, "
+                        "so it needs -K >= 4 (or leave retrain_full out of -methods)")
+    setting = task.setting
+    retrain_hp = hparams_of(args, setting, task, RETRAIN)
+    method_hp = {m: hparams_of(args, setting, task, m) for m in methods}
+    if args.retrain_only is not None:
+        exp = prepare(args, setting, *task.split(args))
+        path = retrain_path(args, setting, exp.forget, retrain_hp, args.retrain_only)
+        if not os.path.isfile(path):
+            secs = train_retrain(exp, retrain_hp, args.retrain_only, path)
+            print(f"retrain seed {args.retrain_only}: {secs:.1f} s -> {path}")
+        return
+    check_results_path(args.results)
+    check_writable(os.path.join(args.fq_cache, "retrained.pth"), "-fq_cache")
+    if args.slots is not None:
+        try:
+            grid.parse_slots(args.slots)
+        except grid.GridError as e:
+            raise UserError(str(e)) from None
+    exp = prepare(args, setting, *task.split(args))
+    initial = copy.deepcopy(exp.model.state_dict())
+    retrain_time, trained = ensure_retrains(args, exp, task, retrain_hp, argv)
+
+    t0 = time.perf_counter()
+    ref_confs, ref_acc = [], []
+    model = exp.build_fresh().to(exp.device)
+    for k in range(args.K):
+        load_weights(model, retrain_path(args, setting, exp.forget, retrain_hp, k), args.net, exp.num_classes)
+        c, *acc = outputs(model, exp)
+        ref_confs.append(c.cpu())
+        ref_acc.append(acc)
+    ref_time = time.perf_counter() - t0
+    m_forget = len(ref_confs[0])
+
+    base = dict(kind="forgetting_quality", setting=setting, dataset=args.dataset, net=args.net, forget=exp.forget,
+                forget_id=exp.target_id, seed=args.seed, K=args.K, n_forget=m_forget)
+    for method in methods:
+        hp = method_hp[method]
+        method_time, eval_time, diverged = 0.0, 0.0, None
+        if method == RETRAIN:
+            h = args.K // 2
+            confs_u, acc_u, confs_r, acc_r = ref_confs[:h], ref_acc[:h], ref_confs[h:2 * h], ref_acc[h:2 * h]
+            compared = h
+            print(f"{method}: the floor, retrained seeds 0..{h - 1} against {h}..{2 * h - 1}", flush=True)
+        else:
+            confs_u, acc_u = [], []
+            for k in range(args.K):
+                model, secs, reason = run_method(exp, args, method, hp, initial, k)
+                method_time += secs
+                t1 = time.perf_counter()
+                try:
+                    if model is None:
+                        raise Diverged(reason)
+                    c, *acc = outputs(model, exp)
+                except Diverged as e:
+                    diverged = f"seed {k}: {e}"
+                    break
+                eval_time += time.perf_counter() - t1
+                confs_u.append(c.cpu())
+                acc_u.append(acc)
+                print(f"{method} {k + 1}/{args.K}: {secs:.1f} s, Dr {acc[0]:.1f} Test {acc[1]:.1f}", flush=True)
+            confs_r, acc_r, compared = ref_confs, ref_acc, args.K
+        record = dict(base, method=method, K_compared=compared, diverged=diverged is not None)
+        if method == "lipschitz_forgetting":
+            record.update(sigma=hp.sigma, eta=hp.eta, n_samples=hp.n_samples)
+        if diverged is None:
+            t1 = time.perf_counter()
+            f, final, eps, accs = score(confs_u, confs_r, acc_u, acc_r)
+            eval_time += time.perf_counter() - t1
+            record.update(F=f, FinalScore=final, **accs, EpsHistogram=histogram(eps, compared),
+                          EpsMedian=float(np.median(eps)))
+        else:
+            record["diverged_reason"] = diverged
+        record.update(RetrainTime=retrain_time, RetrainsTrained=trained, RetrainEvalTime=ref_time,
+                      MethodTime=method_time, EvalTime=eval_time,
+                      hparams=hparams.as_record(hp), retrain_hparams=hparams.as_record(retrain_hp),
+                      args={k: v for k, v in vars(args).items() if k != "method"}, versions=library_versions(),
+                      code=records.code_version(), device=device_name(exp.device), time=now_iso())
+        path = append_record(args.results, record)
+        if diverged is None:
+            print(f"{method}: F {f:.3f}  final {final:.3f}  Dr {accs['RetainTestAccExact']:.2f}  "
+                  f"Test {accs['TestAccExact']:.2f}  method {method_time:.1f}s  eval {eval_time:.1f}s -> {path}",
+                  flush=True)
+        else:
+            print(f"warning: {method} diverged ({diverged}); recorded with diverged=true and no score -> {path}",
+                  file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli(main)
