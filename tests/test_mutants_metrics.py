@@ -316,3 +316,15 @@ def test_membership_attack_data_layout():
     np.testing.assert_allclose(xf, ent[1][:, None], rtol=1e-6)
     np.testing.assert_array_equal(yf, [1, 1])
     assert x.shape == (5, 1) and xf.shape == (2, 1)
+
+
+def test_evaluate_on_an_empty_loader_is_not_a_number_not_an_error():
+    import math
+
+    from torch.utils.data import DataLoader
+
+    import metrics
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    out = metrics.evaluate(model, DataLoader([], batch_size=2), torch.device("cpu"))
+    assert set(out) == {"Loss", "Acc", "AccExact"} and all(math.isnan(v) for v in out.values())
