@@ -23,7 +23,9 @@ if [ ! -f "$weights" ]; then
 fi
 
 results=results/quickstart-$(date +%Y%m%d-%H%M%S).jsonl
-read -r -a methods <<< "$(python -c 'from methods import METHODS; print(" ".join(sorted(METHODS, key=lambda m: m == "lipschitz_forgetting")))')"
+# baseline and the retrains first (the others are compared with the retrained model), JiT last
+read -r -a methods <<< "$(python -c 'from methods import METHODS, RETRAIN_METHODS
+print(" ".join(sorted(METHODS, key=lambda m: (m not in ("baseline", *RETRAIN_METHODS), m == "lipschitz_forgetting"))))')"
 for method in "${methods[@]}"; do
     echo "== $method"
     python forget_full_class_main.py -net SmallCNN -dataset Digits -classes 10 -forget_class 3 \

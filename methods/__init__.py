@@ -10,16 +10,13 @@
 Every method is ``fn(model, data, hp, device) -> model`` with ``data`` a registry.UnlearnData
 and ``hp`` its resolved hyperparameters (a frozen dataclass declared beside the method).
 """
+import importlib
+
 from registry import METHODS, RETRAIN_METHODS, Method, UnlearnData, register
 
-# registration order = the order of -method's choices
-from . import (
-    distill,  # noqa: E402,F401,I001
-    gkt,  # noqa: E402,F401,I001
-    importance,  # noqa: E402,F401,I001
-    jit,  # noqa: E402,F401,I001
-    noise,  # noqa: E402,F401,I001
-    retrain,  # noqa: E402,F401,I001
-)
+# Imported in this order, so -method lists the methods in it (retrain family first, JiT next).
+FAMILIES = ("retrain", "jit", "distill", "importance", "noise", "gkt")
+for _family in FAMILIES:
+    importlib.import_module(f"{__name__}.{_family}")
 
 __all__ = ["METHODS", "RETRAIN_METHODS", "Method", "UnlearnData", "register"]
