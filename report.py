@@ -213,16 +213,26 @@ def plot(records, path):
         ax.set_title(f"{setting} · {dataset} · {net}", fontsize=9)
         ax.set_xlabel("Df (%) — lower is more forgotten")
         ax.set_ylabel("Dr (%)")
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def write_markdown(rows, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(markdown(rows) + "\n")
+
+
 def write(records, out):
     rows = summarise(records)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".md", "w") as f:
-        f.write(markdown(rows) + "\n")
+    write_markdown(rows, out + ".md")
     with open(out + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -312,17 +322,13 @@ def fq_plot(by_method, key, path):
     ax.set_xlabel("ε bucket (worth 1, 1/2, 1/4, … points; the last, none)")
     ax.set_ylabel("share of forget examples")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_fq(records, out):
     """OUT-fq.md and one ε plot per setting; returns (rows, plot paths)."""
     rows = fq_rows(records)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + "-fq.md", "w") as f:
-        f.write(markdown(rows) + "\n")
+    write_markdown(rows, out + "-fq.md")
     paths = []
     for key, by_method in fq_groups(records).items():
         paths.append(fq_plot_path(out, key))
