@@ -173,11 +173,3 @@ def check(instance):
 def as_record(instance):
     """The resolved values, keyed by field name, for the run's record."""
     return {} if instance is None else dataclasses.asdict(instance)
-
-
-def with_values(instance, **changes):
-    """A copy with some fields changed, checked again."""
-    out = dataclasses.replace(instance, **changes)
-    check(out)
-    return out
-
