@@ -31,6 +31,12 @@ for method in "${methods[@]}"; do
     python forget_full_class_main.py -net SmallCNN -dataset Digits -classes 10 -forget_class 3 \
         -method "$method" -weight_path "$weights" -seed 0 -results "$results" "${dev[@]}"
 done
+# JiT a second time, at the σ, η and switches that sweep.py found best on this model (eval mode,
+# gradients cleared per batch; docs/sweeps.md): chosen on Digits itself, not the paper's values
+echo "== lipschitz_forgetting (σ, η, switches chosen on Digits by sweep.py)"
+python forget_full_class_main.py -net SmallCNN -dataset Digits -classes 10 -forget_class 3 \
+    -method lipschitz_forgetting -sigma 0.5 -eta 0.01 -jit_mode eval -jit_grad per_batch \
+    -weight_path "$weights" -seed 0 -results "$results" "${dev[@]}"
 
 echo
 echo "Forgetting digit 3 (Dr: accuracy on the other test digits; Df: on test images of 3; %):"
