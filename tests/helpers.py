@@ -144,6 +144,17 @@ def write_cifar(root, seed=0):
             "cifar100": fake_cifar.write_cifar(root, "cifar100", train, 1, seed=seed + 1)}
 
 
+# ---- tiny models ------------------------------------------------------------------------------
+
+def identity_linear(n=3):
+    """A linear model whose logits are its inputs."""
+    m = torch.nn.Linear(n, n)
+    with torch.no_grad():
+        m.weight.copy_(torch.eye(n))
+        m.bias.zero_()
+    return m
+
+
 # ---- oracles -------------------------------------------------------------------------------------
 
 def literal_js(p, q):

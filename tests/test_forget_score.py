@@ -95,11 +95,25 @@ def random_case(kind, seed):
         return rng.normal(0, 5, size=(16, 4)), rng.normal(1, 5, size=(16, 4))
     if kind == "far":  # confidences near 300, where float32 thresholds are coarse
         return 300 + rng.normal(size=(6, 6)), 300.3 + rng.normal(size=(6, 6))
+    k, m = int(rng.integers(2, 7)), 6
+    if kind == "gap":  # two narrow samples a small gap apart, near the grids' spacing
+        s = rng.choice([1e-3, 3e-3, 1e-2, 3e-2])
+        g = rng.uniform(0, 0.02)
+        u = rng.uniform(0, s, size=(k, m))
+        return u + rng.uniform(-1, 1), u.max(0) + g + rng.uniform(0, s, size=(k, m))
+    if kind == "near200":  # near 200, where float32 single thresholds are coarse
+        return 200 + rng.normal(size=(k, m)), 200.2 + rng.normal(size=(k, m))
+    if kind == "neg":  # skewed, all below -5
+        return -rng.exponential(size=(k, m)) - 5, -rng.exponential(size=(k, m)) - 5.5
+    if kind == "wider":  # spreads far beyond the double threshold's ±2 window
+        k = int(rng.integers(6, 12))
+        return rng.normal(0, 6, size=(k, 3)), rng.normal(rng.uniform(-3, 3), 6, size=(k, 3))
     raise ValueError(kind)
 
 
 @pytest.mark.parametrize("kind,seed", [("shifted", 0), ("shifted", 1), ("scales", 2), ("ties", 3),
-                                       ("ties", 4), ("quarters", 8), ("quarters", 44), ("identical", 5), ("wide", 6), ("far", 7)])
+                                       ("ties", 4), ("quarters", 8), ("quarters", 44), ("identical", 5), ("wide", 6), ("far", 7),
+                                       ("gap", 0), ("gap", 1), ("near200", 1), ("neg", 1), ("wider", 0)])
 def test_matches_the_literal_definition(kind, seed):
     u, r = random_case(kind, seed)
     got = metrics.forget_score(u, r)

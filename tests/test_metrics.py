@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import identity_linear
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -24,15 +25,6 @@ class TripleDataset(Dataset):
 
 def loader(x, y=None, batch_size=2):
     return DataLoader(TripleDataset(x, y), batch_size=batch_size, shuffle=False)
-
-
-def identity_linear(n=3):
-    """A linear model whose logits are its inputs."""
-    m = nn.Linear(n, n)
-    with torch.no_grad():
-        m.weight.copy_(torch.eye(n))
-        m.bias.zero_()
-    return m
 
 
 def fixed_linear(weight, bias):
