@@ -10,16 +10,52 @@ and retain splits are computed from them directly.
 import math
 import os
 import pickle
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from hparams import Overrides, hp
 from utils import UserError
 
-MEAN = (0.5071, 0.4865, 0.4409)
-STD = (0.2673, 0.2564, 0.2762)
+# CIFAR-100's per-channel training-set mean and standard deviation, to the digits the reference
+# uses (it applies them to every data set).
+MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
+STD = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
+PINS_SIDE = 36  # Pins photos are first resized to 36×36, then cropped or resized to the net's input
+
+
+@dataclass(frozen=True)
+class DataHP:
+    """The data pipeline's choices. The field defaults and the rows of DATA_OVERRIDES give the
+    reference's behaviour under -recipe reference (the default) and the corrected one under
+    -recipe corrected; each flag overrides one choice."""
+    importance_order: str = hp(
+        "shuffled", "SSD/LF-SSD importance batches over the training set: shuffled (a permutation seeded by "
+        "-seed), grouped (retained images grouped by fine class, then the forgotten ones) or retain_forget "
+        "(retained in split order, then forgotten)", "importance_order",
+        choices=("shuffled", "grouped", "retain_forget"))
+    retain_test_order: str = hp(
+        "grouped", "order of the retained test images, which sets the batches of the mean-of-batch accuracy: "
+        "grouped by class (fine class in sub-class) or in data-set order", "retain_test_order",
+        choices=("grouped", "dataset"))
+    split_draw: str = hp(
+        "after_two_models", "random setting: draw the forget set from the default generator after two model "
+        "initialisations (so -seed forgets the reference's images) or from a generator of its own seeded by "
+        "-seed", "split_draw", choices=("after_two_models", "own_generator"))
+    pins_split: str = hp(
+        "none", "Pins: train and evaluate on the whole folder (none) or on an 80/20 split per person",
+        "pins_split", choices=("none", "per_person"))
+
+
+DATA_OVERRIDES = Overrides((
+    (dict(recipe="reference", setting="subclass"), dict(importance_order="grouped")),
+    (dict(recipe="reference", setting="random"), dict(importance_order="retain_forget")),
+    (dict(recipe="corrected"), dict(retain_test_order="dataset", split_draw="own_generator", pins_split="per_person")),
+))
 
 # Forget targets: command-line name -> label id, as the reference names them.
 CIFAR100_FORGET = {"rocket": 69, "mushroom": 51, "baby": 2, "lamp": 40, "sea": 71}
@@ -133,7 +169,7 @@ def device_batches(ds, batch_size, device):
 class FileImages(ArrayImages):
     """Images decoded from files on access (Pins: ~17k photos of varying size)."""
 
-    def __init__(self, paths, targets, transform=None, classes=None, side=32):
+    def __init__(self, paths, targets, transform=None, classes=None, side=PINS_SIDE):
         super().__init__(None, targets, None, transform, classes)
         self.paths = list(paths)
         self.side = side
@@ -350,9 +386,12 @@ DATASETS = {
 }
 
 
-def load_dataset(name, root="./data", train=True, size=32, augment=False):
+def load_dataset(name, root="./data", train=True, size=32, augment=False, pins_split="per_person"):
     """Build one split of a data set. Model labels: CIFAR-20 and Digits5 predict coarse
-    labels (the fine label rides in the middle slot); the others predict their own label."""
+    labels (the fine label rides in the middle slot); the others predict their own label.
+    Pins photos are resized to 36×36 on decoding, then (augmentation) cropped to 32 and resized
+    to ``size``, as the reference's transforms do; ``pins_split`` "none" gives the whole folder
+    for both train and test (the reference), "per_person" an 80/20 split."""
     transform = ImageTransform(size, augment)
     if name == "Cifar10":
         images, labels, _ = _load_cifar10(root, train)
@@ -370,8 +409,10 @@ def load_dataset(name, root="./data", train=True, size=32, augment=False):
         images, digits = _load_digits(train)
         return ArrayImages(images, digits // 2, fine=digits, transform=transform)
     if name == "PinsFaceRecognition":
-        paths, labels, classes = _load_pins(root, train)
-        return FileImages(paths, labels, transform=transform, classes=classes, side=size)
+        if pins_split not in ("none", "per_person"):
+            raise UserError(f"unknown Pins split {pins_split!r}")
+        paths, labels, classes = _pins_files(root) if pins_split == "none" else _load_pins(root, train)
+        return FileImages(paths, labels, transform=transform, classes=classes)
     raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 
@@ -400,37 +441,61 @@ def forget_target_id(dataset, target, subclass=False):
 # ---- splits: computed from label arrays only. Each returns {split name: (source, indices)}
 # with source "train" or "test", the set the indices point into.
 
-def split_full_class(train, test, cls):
-    """Forget every training image of class ``cls``. The retain test images are ordered by
-    class, as the reference builds them from per-class lists (this fixes the batches over
-    which its mean-of-batch accuracy is taken)."""
-    forget_train = np.flatnonzero(train.targets == cls)
-    retain_train = np.flatnonzero(train.targets != cls)
-    forget_valid = np.flatnonzero(test.targets == cls)
-    retain_valid = np.argsort(test.targets, kind="stable")
-    retain_valid = retain_valid[test.targets[retain_valid] != cls]
-    return dict(forget_train=("train", forget_train), retain_train=("train", retain_train),
-                forget_valid=("test", forget_valid), retain_valid=("test", retain_valid))
+def _by_label(indices, labels):
+    """``indices`` ordered by ``labels[indices]``, keeping data-set order within a label."""
+    return indices[np.argsort(labels[indices], kind="stable")]
 
 
-def split_sub_class(train, test, fine_cls):
-    """Forget every training image of one fine class; the model keeps predicting coarse labels."""
+def split_full_class(train, test, cls, grouped=True):
+    """Forget every training image of class ``cls``. ``grouped``: the retain test images are
+    ordered by class, as the reference builds them from per-class lists (this fixes the batches
+    over which its mean-of-batch accuracy is taken); else in data-set order."""
+    retain_valid = np.flatnonzero(test.targets != cls)
+    return dict(forget_train=("train", np.flatnonzero(train.targets == cls)),
+                retain_train=("train", np.flatnonzero(train.targets != cls)),
+                forget_valid=("test", np.flatnonzero(test.targets == cls)),
+                retain_valid=("test", _by_label(retain_valid, test.targets) if grouped else retain_valid))
+
+
+def split_sub_class(train, test, fine_cls, grouped=True):
+    """Forget every training image of one fine class; the model keeps predicting coarse labels.
+    ``grouped``: the retain test images are ordered by fine class, as the reference builds them."""
     if train.fine is None:
         raise UserError("sub-class forgetting needs fine labels (use Cifar20 or Digits5)")
+    retain_valid = np.flatnonzero(test.fine != fine_cls)
     return dict(forget_train=("train", np.flatnonzero(train.fine == fine_cls)),
                 retain_train=("train", np.flatnonzero(train.fine != fine_cls)),
                 forget_valid=("test", np.flatnonzero(test.fine == fine_cls)),
-                retain_valid=("test", np.flatnonzero(test.fine != fine_cls)))
+                retain_valid=("test", _by_label(retain_valid, test.fine) if grouped else retain_valid))
 
 
-def split_random(train, test, forget_perc, seed):
-    """Forget a random fraction of the training set, as torch's random_split with a generator
-    seeded by ``seed``. Df is measured on the forgotten samples, Dr on the whole test set."""
+def split_random(train, test, forget_perc, generator):
+    """Forget a random fraction of the training set, drawn as the reference draws it:
+    ``torch.utils.data.random_split`` with fractions (forget_perc, 1 - forget_perc), so the
+    forget set has floor(n·p) images plus the one left over by rounding (83 of CIFAR-10's
+    50,000 at 0.00165), from ``generator``. Df is measured on the forgotten samples, Dr on the
+    whole test set."""
     n = len(train)
-    k = int(n * forget_perc)
-    if k < 1:
+    with warnings.catch_warnings():  # an empty retain side is refused, with its sizes, by the caller
+        warnings.simplefilter("ignore")
+        forget, retain = torch.utils.data.random_split(range(n), [forget_perc, 1 - forget_perc], generator=generator)
+    forget_train, retain_train = np.asarray(forget.indices, dtype=np.int64), np.asarray(retain.indices, dtype=np.int64)
+    if len(forget_train) < 1:
         raise UserError(f"-forget_perc {forget_perc} selects no sample out of {n}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-    forget_train, retain_train = perm[:k], perm[k:]
     return dict(forget_train=("train", forget_train), retain_train=("train", retain_train),
                 forget_valid=("train", forget_train), retain_valid=("test", np.arange(len(test))))
+
+
+def importance_order(train, split, order, seed, group_labels):
+    """Training-set indices in the order SSD/LF-SSD's importance batches take them: ``shuffled``
+    (the whole set permuted by a generator seeded by ``seed``), ``grouped`` (retained images
+    ordered by ``group_labels``, then the forgotten ones) or ``retain_forget``."""
+    retain, forget = split["retain_train"][1], split["forget_train"][1]
+    if order == "shuffled":
+        return np.concatenate([retain, forget])[torch.randperm(len(retain) + len(forget),
+                                                              generator=torch.Generator().manual_seed(seed)).numpy()]
+    if order == "grouped":
+        retain = _by_label(retain, group_labels)
+    elif order != "retain_forget":
+        raise ValueError(f"unknown importance order {order!r}")
+    return np.concatenate([retain, forget])

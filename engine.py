@@ -1,4 +1,5 @@
 """Supervised training loops shared by pretraining, retraining and fine-tuning."""
+import bisect
 import math
 
 import torch
@@ -33,6 +34,22 @@ def multistep(optimizer, steps_per_epoch, milestones, gamma):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: gamma ** sum(s // steps_per_epoch >= m for m in milestones)
     )
+
+
+def reference_schedule(optimizer, steps_per_epoch, milestones, gamma):
+    """The reference's retraining schedule, stepped per batch: its WarmUpLR (lr·t/(T + 1e-8)
+    at global batch t, T batches per epoch) is stepped through epochs 0 and 1, so epoch 1
+    rises to about twice the base rate; from epoch 2 on, MultiStepLR.step(epoch) sets
+    lr·gamma^(number of milestones <= epoch)."""
+    T = steps_per_epoch
+
+    def factor(t):
+        epoch = t // T
+        if epoch <= 1:
+            return t / (T + 1e-8)
+        return gamma ** bisect.bisect_right(sorted(milestones), epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def train_epoch(model, loader, optimizer, device, scheduler=None, desc="train", progress=True):

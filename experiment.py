@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from torch.utils.data import Subset
 
@@ -22,7 +21,7 @@ from evaluation import (
     loader,
     relearn_steps,
 )
-from flags import check_outputs, parser_for, resolve_jit, resolve_method
+from flags import check_outputs, parser_for, resolve_data, resolve_jit, resolve_method
 from methods import METHODS, UnlearnData
 from models import build_model, input_size
 from utils import UserError, cli, device_name, library_versions, load_weights, now_iso, resolve_device, seed_everything
@@ -37,7 +36,8 @@ class Task:
     """What one forget_*_main.py declares: its setting, its -b default, its JiT table
     ({net: dict(sigma, eta, n_samples), 'default': ...}), its own flags and how it splits.
     ``split(args) -> (number of model classes, forget label id or None, split function)``,
-    the split function mapping (train, test) to datasets.split_*'s dict."""
+    the split function mapping (train, test, data pipeline choices, generator function) to
+    datasets.split_*'s dict (see ``prepare``)."""
     setting: str
     batch: int
     jit: dict
@@ -63,11 +63,14 @@ class Experiment:
     data: UnlearnData
     model: torch.nn.Module
     build_fresh: Callable
+    pipe: Any = None
 
 
 def prepare(args, setting, num_classes, target_id, split_fn):
-    """Load data and model and build the split. ``split_fn(train, test)`` returns the split
-    dict of datasets.split_*; ``target_id`` is the forget label id (None: random)."""
+    """Load data and model and build the split. ``split_fn(train, test, pipe, generator)``
+    returns the split dict of datasets.split_*, given the data pipeline's choices ``pipe``
+    (datasets.DataHP) and ``generator()``, the torch generator a random split draws from;
+    ``target_id`` is the forget label id (None: random)."""
     forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
     device = resolve_device(args.gpu)
     if args.weight_path and not os.path.isfile(args.weight_path):
@@ -75,9 +78,10 @@ def prepare(args, setting, num_classes, target_id, split_fn):
     seed_everything(args.seed)
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
 
+    pipe = resolve_data(args, setting)
     size = input_size(args.net)
-    train = datasets.load_dataset(args.dataset, args.data_root, train=True, size=size)
-    test = datasets.load_dataset(args.dataset, args.data_root, train=False, size=size)
+    train = datasets.load_dataset(args.dataset, args.data_root, train=True, size=size, pins_split=pipe.pins_split)
+    test = datasets.load_dataset(args.dataset, args.data_root, train=False, size=size, pins_split=pipe.pins_split)
     if datasets.DATASETS[args.dataset] != num_classes:
         raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset]} model classes, "
                         f"but {num_classes} were given")
@@ -87,26 +91,35 @@ def prepare(args, setting, num_classes, target_id, split_fn):
 
     model = load_weights(build_fresh(), args.weight_path, args.net, num_classes).to(device)
 
-    split = split_fn(train, test)
+    def generator():
+        if pipe.split_draw == "own_generator":
+            return torch.Generator().manual_seed(args.seed)
+        # The reference seeds the default generator, builds the net and the bad teacher (two
+        # initialisations of the architecture), then draws its random split from it.
+        build_fresh()
+        return torch.default_generator
+
+    split = split_fn(train, test, pipe, generator)
+    n_forget, n_retain = len(split["forget_train"][1]), len(split["retain_train"][1])
+    if n_forget and n_retain < max(MIN_RETAIN, num_classes):
+        raise UserError(f"the split leaves {n_retain} training image(s) to retain ({n_forget} to forget): too few to "
+                        f"train on or to fit the membership attack; at least {max(MIN_RETAIN, num_classes)} are needed")
     for name, (_, idx) in split.items():
         if len(idx) == 0:
             raise UserError(f"the {name} split is empty for forget target {forget!r}")
-    n_forget, n_retain = len(split["forget_train"][1]), len(split["retain_train"][1])
-    if n_retain < max(MIN_RETAIN, num_classes):
-        raise UserError(f"the split leaves {n_retain} training image(s) to retain ({n_forget} to forget): too few to "
-                        f"train on or to fit the membership attack; at least {max(MIN_RETAIN, num_classes)} are needed")
     subset = {n: Subset(train if src == "train" else test, idx) for n, (src, idx) in split.items()}
     data = UnlearnData(
         forget_train=loader(subset["forget_train"], args.b, False, workers, device),
         retain_train=loader(subset["retain_train"], args.b, True, workers, device, args.seed),
-        # retain then forget, as the reference concatenates them (SSD's batches depend on it)
-        full_train=loader(Subset(train, np.concatenate([split["retain_train"][1], split["forget_train"][1]])),
-                          args.b, False, workers, device),
+        # the batches of SSD/LF-SSD's importance over the whole training set (their order matters)
+        full_train=loader(Subset(train, datasets.importance_order(
+            train, split, pipe.importance_order, args.seed, train.targets if train.fine is None else train.fine)),
+            args.b, False, workers, device),
         num_classes=num_classes, forget_class=target_id, setting=setting, dataset=args.dataset, net=args.net,
         build_fresh=build_fresh, seed=args.seed, amp=args.amp,
     )
     return Experiment(args, setting, forget, target_id, num_classes, device, workers, train, test, split, subset,
-                      data, model, build_fresh)
+                      data, model, build_fresh, pipe)
 
 
 def execute(exp, args, hp=None):
@@ -167,6 +180,7 @@ def execute(exp, args, hp=None):
         n_forget=int(len(exp.split["forget_train"][1])), n_retain=int(len(exp.split["retain_train"][1])),
         accuracy_note="TestAcc/RetainTestAcc/Df: mean of per-batch accuracy (%) as the reference "
                       "computes it, batch -b; *Exact: correct/total (%)",
+        recipe=getattr(args, "recipe", "reference"), pipeline=hparams.as_record(exp.pipe),
         hparams=hparams.as_record(hp), args=dict(vars(args)), versions=library_versions(),
         code=records.code_version(), device=device_name(device), time=now_iso(),
     )

@@ -24,6 +24,11 @@ def base_parser(description, batch_size=128, with_method=True, jit_table=None):
     p.add_argument("-lr", type=float_above(0), default=0.1, help="accepted for parity with the reference (unused here)")
     if with_method:
         p.add_argument("-method", required=True, choices=list(METHODS), help="unlearning method")
+    p.add_argument("-recipe", default="reference", choices=RECIPES,
+                   help="reference: every method and the data pipeline as the reference code runs them, defects "
+                        "included (its command lines give its numbers); corrected: each method as its paper "
+                        "describes it. Single choices can be overridden by their own flags; docs/parity.md lists "
+                        "them all")
     p.add_argument("-seed", type=seed_type, default=0,
                    help="seed for torch, numpy, python and the random split (0 <= seed < 2^32)")
     p.add_argument("-data_root", default="./data", help="folder holding the data set files")
@@ -39,6 +44,7 @@ def base_parser(description, batch_size=128, with_method=True, jit_table=None):
                    help="bound on the relearn-time metric (fine-tuning steps until Df is back), >= 0; 0 skips it")
     p.add_argument("-skip_existing", action="store_true",
                    help="exit without running if -results already holds this run's record")
+    hparams.add_flags(p, datasets.DataHP, datasets.DATA_OVERRIDES, group="data pipeline")
     jit_rows = table_overrides(jit_table) if jit_table else hparams.Overrides()
     hparams.add_flags(p, JitHP, jit_rows, group="lipschitz_forgetting (JiT)")
     seen = {JitHP}
@@ -50,8 +56,19 @@ def base_parser(description, batch_size=128, with_method=True, jit_table=None):
     return p
 
 
+RECIPES = ("reference", "corrected")
+
+
 def context(args, setting):
-    return dict(net=args.net, dataset=args.dataset, setting=setting)
+    return dict(net=args.net, dataset=args.dataset, setting=setting, recipe=getattr(args, "recipe", "reference"))
+
+
+def resolve_data(args, setting):
+    """The data pipeline's choices for this run (datasets.DataHP): the recipe's, then the flags."""
+    try:
+        return hparams.resolve(datasets.DataHP, datasets.DATA_OVERRIDES, context(args, setting), args)
+    except hparams.InvalidValue as e:
+        raise UserError(str(e)) from None
 
 
 def resolve_jit(args, table, setting=None):

@@ -23,7 +23,7 @@ def add_task_args(p):
 def task(args):
     """(number of model classes, forget label id, split function) of this setting."""
     cls = datasets.forget_target_id(args.dataset, args.forget_class)
-    return args.classes, cls, lambda tr, te: datasets.split_full_class(tr, te, cls)
+    return args.classes, cls, lambda tr, te, pipe, _: datasets.split_full_class(tr, te, cls, pipe.retain_test_order == "grouped")
 
 
 TASK = Task(SETTING, BATCH, JIT, add_task_args, task, __doc__.splitlines()[0])

@@ -26,7 +26,7 @@ def task(args):
     """(number of model classes, None: no forget class, split function) of this setting."""
     if not 0 < args.forget_perc < 1:
         raise UserError(f"-forget_perc must lie in (0, 1) (got {args.forget_perc})")
-    return args.classes, None, lambda tr, te: datasets.split_random(tr, te, args.forget_perc, args.seed)
+    return args.classes, None, lambda tr, te, _, generator: datasets.split_random(tr, te, args.forget_perc, generator())
 
 
 TASK = Task(SETTING, BATCH, JIT, add_task_args, task, __doc__.splitlines()[0])

@@ -28,7 +28,7 @@ def task(args):
     if fine is not None and args.subclasses != fine:
         raise UserError(f"{args.dataset} has {fine} fine classes, but -subclasses {args.subclasses} was given")
     cls = datasets.forget_target_id(args.dataset, args.forget_class, subclass=True)
-    return args.superclasses, cls, lambda tr, te: datasets.split_sub_class(tr, te, cls)
+    return args.superclasses, cls, lambda tr, te, pipe, _: datasets.split_sub_class(tr, te, cls, pipe.retain_test_order == "grouped")
 
 
 TASK = Task(SETTING, BATCH, JIT, add_task_args, task, __doc__.splitlines()[0])

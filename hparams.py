@@ -64,7 +64,7 @@ def hp(default, help, flag, valid=None, choices=None):
 @dataclass(frozen=True)
 class Overrides:
     """Rows of (condition, changes): a row applies when every key of its condition (``net``,
-    ``dataset``, ``setting``) equals the run's value, or is among them when given as a tuple.
+    ``dataset``, ``setting``, ``recipe``, or a field of the class) equals the run's value, or is among them when given as a tuple.
     Later rows win."""
     rows: tuple = ()
 
@@ -139,16 +139,24 @@ def add_flags(parser, cls, overrides=Overrides(), group=None, skip=()):
 
 def resolve(cls, overrides=Overrides(), context=None, flags=None):
     """The run's hyperparameters: ``cls``'s defaults, the override rows that match ``context``
-    (dict with net, dataset, setting), then every flag of ``flags`` (a dict or argparse
+    (dict with net, dataset, setting, recipe), then every flag of ``flags`` (a dict or argparse
     Namespace, keyed by flag name) that is not None. Raises InvalidValue naming the flag."""
     context = dict(context or {})
     flags = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
-    # a field may select override rows itself (gkt's recipe): its flag or default joins the context
+    # A field may select override rows itself (gkt's variant): its flag, else the value the rows
+    # that depend only on the run's context give it (-recipe corrected picks gkt's paper variant),
+    # else its default, joins the context.
     by_name = {f.name: f for f in dataclasses.fields(cls)}
-    for key in {k for when, _ in overrides.rows for k in when} & by_name.keys() - context.keys():
+    base = dict(context)
+    for key in {k for when, _ in overrides.rows for k in when} & by_name.keys() - base.keys():
         f = by_name[key]
         given = flags.get(f.metadata["flag"]) if f.metadata["flag"] else None
-        context[key] = f.default if given is None else given
+        if given is None:
+            given = f.default
+            for when, changes in overrides.applying(base):
+                if key in changes and when.keys() <= base.keys():
+                    given = changes[key]
+        context[key] = given
     values = {}
     for _, changes in overrides.applying(context):
         values.update(changes)

@@ -1,7 +1,8 @@
 """Networks used by the experiments, registered by the names the command lines use.
 
-VGG16 and ViT keep the reference's state-dict layout (``model.*``/``fc.*`` and
-``base.*``/``final.*``), so the authors' released checkpoints load with ``strict=True``.
+Every net the reference defines keeps its state-dict layout (VGG16 ``model.*``/``fc.*``, ViT
+``base.*``/``final.*``, ResNet18 and AllCNN module for module), so checkpoints saved by the
+reference's classes load with ``strict=True``.
 """
 import re
 
@@ -77,28 +78,27 @@ class ViT(nn.Module):
 
 
 class _BasicBlock(nn.Module):
-    expansion = 1
+    """ResNet basic block, laid out as the reference's: ``residual_function`` (conv, bn, relu,
+    conv, bn) and ``shortcut`` (empty, or a 1×1 conv and bn)."""
 
     def __init__(self, in_planes, planes, stride=1):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.residual_function = nn.Sequential(
+            nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
+            nn.Conv2d(planes, planes, 3, 1, 1, bias=False), nn.BatchNorm2d(planes),
+        )
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.residual_function(x) + self.shortcut(x))
 
 
 class ResNet18(nn.Module):
-    """CIFAR variant of ResNet18: 3×3 stem, no max-pool, four stages of two basic blocks."""
+    """CIFAR variant of ResNet18: 3×3 stem, no max-pool, four stages of two basic blocks. The
+    module layout (and so the state-dict keys and the order of initialisation) is the
+    reference's, so its checkpoints load strict."""
 
     def __init__(self, num_classes=100, **_):
         super().__init__()
@@ -119,26 +119,35 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avg_pool(x), 1))
 
 
-def _conv_bn_relu(cin, cout, k, stride=1, padding=0):
-    return [nn.Conv2d(cin, cout, k, stride, padding), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _conv_bn_relu(cin, cout, k, stride=1, padding=None):
+    """One block of AllCNN: conv without bias (batch norm follows), bn, ReLU; padding keeps the
+    size unless given."""
+    padding = (k - 1) // 2 if padding is None else padding
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, padding, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 class AllCNN(nn.Module):
-    """All-convolutional net (Springenberg et al. 2015) with batch norm, as in unlearning work."""
+    """All-convolutional net (Springenberg et al. 2015) with batch norm, as in unlearning work.
+    Laid out as the reference's (``features.N.{0,1}`` blocks, identities where dropout may go,
+    ``classifier.0``), so its checkpoints load strict."""
 
     def __init__(self, num_classes=10, n_filters=(96, 192), dropout=False, **_):
         super().__init__()
         a, b = n_filters
-        drop = [nn.Dropout(0.5)] if dropout else []
+
+        def drop():
+            return nn.Dropout(inplace=True) if dropout else nn.Identity()
+
         self.features = nn.Sequential(
-            *_conv_bn_relu(3, a, 3, 1, 1), *_conv_bn_relu(a, a, 3, 1, 1), *_conv_bn_relu(a, b, 3, 2, 1),
-            *drop,
-            *_conv_bn_relu(b, b, 3, 1, 1), *_conv_bn_relu(b, b, 3, 1, 1), *_conv_bn_relu(b, b, 3, 2, 1),
-            *drop,
-            *_conv_bn_relu(b, b, 3, 1, 1), *_conv_bn_relu(b, b, 1, 1, 0),
+            _conv_bn_relu(3, a, 3), _conv_bn_relu(a, a, 3), _conv_bn_relu(a, b, 3, 2, 1),
+            drop(),
+            _conv_bn_relu(b, b, 3), _conv_bn_relu(b, b, 3), _conv_bn_relu(b, b, 3, 2, 1),
+            drop(),
+            _conv_bn_relu(b, b, 3), _conv_bn_relu(b, b, 1),
             nn.AvgPool2d(8), nn.Flatten(),
         )
-        self.classifier = nn.Linear(b, num_classes)
+        self.classifier = nn.Sequential(nn.Linear(b, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 import datasets
+import hparams
 import metrics
 from engine import Warmup, train_epoch
 from models import MODELS, ViT, build_model, input_size
@@ -119,7 +120,16 @@ def parse_args(argv=None):
                    help="ViT starting weights: a Hugging Face hub name (in the local cache) or a local directory")
     p.add_argument("-workers", type=int_in(0), default=None,
                    help="data-loader workers per process, an integer >= 0 (default: 0 on CPU, 4 on GPU)")
+    p.add_argument("-recipe", default="reference", choices=("reference", "corrected"),
+                   help="reference: the reference's data pipeline (Pins: train and test on the whole folder); "
+                        "corrected: Pins with a held-out 80/20 split per person")
+    hparams.add_flags(p, datasets.DataHP, datasets.DATA_OVERRIDES, group="data pipeline",
+                      skip={"importance_order", "retain_test_order", "split_draw"})
     return p.parse_args(argv)
+
+
+def pins_split(args):
+    return hparams.resolve(datasets.DataHP, datasets.DATA_OVERRIDES, dict(recipe=args.recipe), args).pins_split
 
 
 class Dist:
@@ -268,8 +278,9 @@ def train_model(args, epochs, state, ctx):
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
 
     size = input_size(args.net)
-    train = datasets.load_dataset(args.dataset, args.data_root, train=True, size=size, augment=True)
-    test = datasets.load_dataset(args.dataset, args.data_root, train=False, size=size)
+    pins = pins_split(args)
+    train = datasets.load_dataset(args.dataset, args.data_root, train=True, size=size, augment=True, pins_split=pins)
+    test = datasets.load_dataset(args.dataset, args.data_root, train=False, size=size, pins_split=pins)
     # One sampler for both cases: the order of an epoch is a permutation seeded by (seed, epoch).
     sampler = DistributedSampler(train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=args.seed)
     train_dl = DataLoader(train, args.b // ctx.world, sampler=sampler, num_workers=workers,

@@ -54,6 +54,11 @@ class ScrubHP:
     gamma: float = hp(5.0, "SCRUB weight of the retain cross-entropy", "scrub_gamma", NON_NEGATIVE)
 
 
+# The reference's full-class main never passes its α = 1, γ = 5 on, so its full-class SCRUB ran
+# with the SCRUB function's own defaults.
+SCRUB_OVERRIDES = Overrides(((dict(recipe="reference", setting="fullclass"), dict(alpha=0.001, gamma=0.99)),))
+
+
 def _loader_like(loader, dataset, batch, shuffle):
     """A loader over ``dataset`` with the workers and pinning of an existing loader."""
     return DataLoader(dataset, batch_size=batch, shuffle=shuffle, num_workers=loader.num_workers,
@@ -229,7 +234,7 @@ def scrub_min_epoch(student, teacher, loader, opt, temperature, alpha, gamma, de
         opt.step()
 
 
-@register("scrub", hparams=ScrubHP)
+@register("scrub", hparams=ScrubHP, overrides=SCRUB_OVERRIDES)
 def scrub(model, data, hp, device):
     """SCRUB (Kurmanji et al. 2023): the model (student) moves away from a frozen copy of itself
     (teacher) on forget samples while staying close to it, and correct, on retain samples.

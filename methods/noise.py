@@ -14,7 +14,7 @@ from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
 from registry import register
 from utils import UserError, progress_bar
 
-NOISE_IMAGES = ("full", "reference")
+NOISE_IMAGES = ("reference", "full")
 
 
 # ---- hyperparameters (the reference's values) --------------------------------------------------
@@ -35,12 +35,16 @@ class UnsirHP:
     impair_lr: float = hp(1e-4, "UNSIR impair Adam learning rate", "unsir_impair_lr", POSITIVE)
     repair_batch: int = hp(128, "UNSIR repair batch", "unsir_repair_batch", AT_LEAST_ONE)
     repair_lr: float = hp(1e-4, "UNSIR repair Adam learning rate", "unsir_repair_lr", POSITIVE)
-    images: str = hp("full", "UNSIR: train on the whole learnt noise batch (full, as the paper) or on its first "
-                     "C images only, C = channels (reference: its indexing defect keeps 3 images)",
+    images: str = hp("reference", "UNSIR: train on the first C images of the learnt noise batch only, C = "
+                     "channels (reference: its indexing defect keeps 3 images) or on the whole batch (full, as the "
+                     "paper)",
                      "unsir_noise_batch", choices=NOISE_IMAGES)
 
 
-UNSIR_OVERRIDES = Overrides(((dict(setting="subclass"), dict(noise_steps=250)),))  # its sub-class script
+UNSIR_OVERRIDES = Overrides((
+    (dict(setting="subclass"), dict(noise_steps=250)),  # its sub-class script
+    (dict(recipe="corrected"), dict(images="full")),
+))
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,12 @@ class EmmnHP:
     batch: int = hp(4, "emmn training batch", "emmn_batch", AT_LEAST_ONE)
     lr: float = hp(1e-4, "emmn training Adam learning rate", "emmn_lr", POSITIVE)
     epochs: int = hp(2, "emmn training epochs", "emmn_epochs", AT_LEAST_ONE)
-    images: str = hp("full", "emmn: train on every learnt noise image (full) or on the first C of each class's "
-                     "batch, C = channels (reference: the same indexing defect as UNSIR's)",
+    images: str = hp("reference", "emmn: train on the first C of each class's learnt noise images, C = channels "
+                     "(reference: the same indexing defect as UNSIR's) or on every one (full)",
                      "emmn_noise_batch", choices=NOISE_IMAGES)
+
+
+EMMN_OVERRIDES = Overrides(((dict(recipe="corrected"), dict(images="full")),))
 
 
 # ---- data helpers ---------------------------------------------------------------------------
@@ -219,7 +226,7 @@ def unsir(model, data, hp, device):
     return model
 
 
-@register("emmn", hparams=EmmnHP, zero_shot=True)
+@register("emmn", hparams=EmmnHP, overrides=EMMN_OVERRIDES, zero_shot=True)
 def emmn(model, data, hp, device):
     """Error-minimising/-maximising noise (zero-shot; the reference's emmn).
 

@@ -4,15 +4,17 @@ from dataclasses import dataclass
 
 import torch
 
-from engine import Warmup, multistep, train_epoch
+from engine import Warmup, multistep, reference_schedule, train_epoch
 from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
 from registry import register
 
 
 @dataclass(frozen=True)
 class RetrainHP:
-    """SGD with momentum and weight decay; ×gamma at each milestone epoch; linear warm-up over
-    the first ``warm_epochs`` epochs."""
+    """SGD with momentum and weight decay; ×gamma from each milestone epoch on. The reference's
+    schedule warms up over epochs 0 and 1 (lr·i/T in epoch 0, rising to about 2·lr in epoch 1,
+    T batches per epoch) and applies the milestones from epoch 2; the corrected one warms up
+    linearly over the first ``warm_epochs`` epochs, then applies the milestones."""
     epochs: int = hp(200, "retrain epochs", "epochs", AT_LEAST_ONE)
     milestones: tuple = hp((60, 120, 160), "retrain epochs at which the learning rate is multiplied by gamma",
                            "retrain_milestones")
@@ -20,7 +22,10 @@ class RetrainHP:
     momentum: float = hp(0.9, "retrain SGD momentum", "retrain_momentum", NON_NEGATIVE)
     weight_decay: float = hp(5e-4, "retrain SGD weight decay", "retrain_wd", NON_NEGATIVE)
     gamma: float = hp(0.2, "retrain learning-rate decay at each milestone", "retrain_gamma", POSITIVE)
-    warm_epochs: int = hp(1, "retrain warm-up epochs", "retrain_warm", NON_NEGATIVE)
+    warm_epochs: int = hp(1, "retrain warm-up epochs (warmup schedule only)", "retrain_warm", NON_NEGATIVE)
+    schedule: str = hp("reference", "retrain learning-rate schedule: the reference's (its WarmUpLR stepped through "
+                       "epochs 0 and 1, then MultiStepLR.step(epoch)) or warmup (linear warm-up, then the milestones)",
+                       "retrain_schedule", choices=("reference", "warmup"))
 
 
 # The reference's schedules per data set and net. The Digits rows are this project's CPU budget,
@@ -30,8 +35,9 @@ RETRAIN_OVERRIDES = Overrides((
     (dict(dataset="Cifar20"), dict(epochs=40, milestones=(15, 30, 35))),
     (dict(dataset="Cifar10"), dict(epochs=20, milestones=(8, 12, 16))),
     (dict(dataset=("Digits", "Digits5")), dict(epochs=20, milestones=(10, 15), lr=0.05)),
-    (dict(net="ViT", dataset=("Cifar10", "Cifar100")), dict(epochs=8)),
-    (dict(net="ViT", dataset="Cifar20"), dict(epochs=9)),
+    (dict(net="ViT", dataset=("Cifar10", "Cifar100")), dict(epochs=8, milestones=(7,))),
+    (dict(net="ViT", dataset="Cifar20"), dict(epochs=9, milestones=(8,))),
+    (dict(recipe="corrected"), dict(schedule="warmup")),
 ))
 
 
@@ -57,7 +63,10 @@ def baseline(model, data, hp, device):
 def train_on_retain(model, data, hp, device, desc):
     opt = sgd(model, hp.lr, hp.momentum, hp.weight_decay)
     steps = len(data.retain_train)
-    sched = Warmup(opt, multistep(opt, steps, hp.milestones, hp.gamma), hp.warm_epochs * steps)
+    if hp.schedule == "reference":
+        sched = reference_schedule(opt, steps, hp.milestones, hp.gamma)
+    else:
+        sched = Warmup(opt, multistep(opt, steps, hp.milestones, hp.gamma), hp.warm_epochs * steps)
     for epoch in range(hp.epochs):
         train_epoch(model, data.retain_train, opt, device, sched, desc=f"{desc} {epoch + 1}/{hp.epochs}")
     return model

@@ -171,12 +171,14 @@ def literal_js(p, q):
 
 # ---- methods called directly ------------------------------------------------------------------
 
-def hp_for(method, data=None, **flags):
+def hp_for(method, data=None, recipe="reference", **flags):
     """The resolved hyperparameters of ``method`` for ``data``'s net, data set and setting (any
-    missing: no override row matches), with ``flags`` given by flag name (e.g. scrub_epochs=4)."""
+    missing: no override row matches) under ``recipe``, with ``flags`` given by flag name
+    (e.g. scrub_epochs=4)."""
     import hparams
     from methods import METHODS
 
     m = METHODS[method]
     context = {k: getattr(data, k) for k in ("net", "dataset", "setting") if data is not None and hasattr(data, k)}
+    context["recipe"] = recipe
     return hparams.resolve(m.hparams, m.overrides or hparams.Overrides(), context, flags)

@@ -150,12 +150,12 @@ def test_emmn_needs_no_retain_data_and_trains_on_labelled_noise(monkeypatch):
     calls = _record_training(monkeypatch)
     data = make_data(retain=False)
     assert data.retain_train is None and data.full_train is None
-    bn.emmn(make_net(), data, hp_for("emmn", data), torch.device("cpu"))
+    bn.emmn(make_net(), data, hp_for("emmn", data, emmn_noise_batch="full"), torch.device("cpu"))
     ds = calls[0]
     assert len(calls) == bn.EmmnHP.epochs and all(c is ds for c in calls)
     assert isinstance(ds, bn._Repeated)
     assert sorted(ds.labels) == sorted(list(range(C)) * bn.EmmnHP.noise_batch)
-    bn.emmn(make_net(), data, hp_for("emmn", data, emmn_noise_batch="reference"), torch.device("cpu"))
+    bn.emmn(make_net(), data, hp_for("emmn", data), torch.device("cpu"))  # the reference recipe's default
     assert sorted(calls[-1].labels) == sorted(list(range(C)) * 3)
 
 
@@ -245,11 +245,11 @@ def test_gkt_student_is_fresh_and_only_ever_sees_generator_output(monkeypatch):
     data = make_data(dataset="Digits", retain=False)
     teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
     fresh_state = make_net(seed=99).state_dict()
-    out = bg.gkt(model, data, hp_for("gkt", data, gkt_batches=3), torch.device("cpu"))
+    out = bg.gkt(model, data, hp_for("gkt", data, gkt_recipe="paper", gkt_batches=3), torch.device("cpu"))
 
     assert all(torch.equal(start[k], fresh_state[k]) for k in fresh_state)
     assert any(not torch.equal(start[k], teacher_state[k]) for k in teacher_state)
-    assert len(fed) == 3 * (1 + hp_for("gkt", data).n_student)  # one generator step + n_student per pseudo batch
+    assert len(fed) == 3 * (1 + hp_for("gkt", data, gkt_recipe="paper").n_student)  # one generator step + n_student per pseudo batch
     real = torch.stack([x for x, _, _ in data.forget_train.dataset]).flatten(1)
     pool = torch.cat(generated).flatten(1)
     for x in fed:
@@ -273,7 +273,7 @@ def test_gkt_reference_recipe_starts_from_the_model_with_convs_reinitialised(mon
     model = make_net(seed=0, forget_bias=-30.0)
     teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
     data = make_data(dataset="Digits", retain=False)
-    bg.gkt(model, data, hp_for("gkt", data, gkt_recipe="reference", gkt_batches=1), torch.device("cpu"))
+    bg.gkt(model, data, hp_for("gkt", data, gkt_batches=1), torch.device("cpu"))  # the default recipe
     state, cfg = start["state"], start["cfg"]
     assert not torch.equal(state["0.weight"], teacher_state["0.weight"])  # conv weights re-initialised
     assert torch.equal(state["0.bias"], teacher_state["0.bias"])  # everything else copied
@@ -296,12 +296,13 @@ def test_gkt_config_tables():
     def cfg(net, dataset, **flags):
         return hp_for("gkt", SimpleNamespace(net=net, dataset=dataset, setting="fullclass"), **flags)
 
-    full = cfg("VGG16", "Cifar100")
+    full = cfg("VGG16", "Cifar100", recipe="corrected")
     assert (full.batch, full.n_gen, full.n_student, full.pseudo_batches) == (256, 1, 10, 4000)
     assert (full.g_lr, full.s_lr, full.beta, full.threshold) == (1e-3, 2e-3, 250.0, 0.01)
-    assert cfg("ViT", "Cifar100").beta == 0.0
-    assert cfg("ViT", "Cifar100", gkt_recipe="reference").pseudo_batches == 101
-    assert cfg("VGG16", "Cifar100", gkt_recipe="reference").beta == 5.0
+    assert cfg("ViT", "Cifar100", recipe="corrected").beta == 0.0
+    assert cfg("ViT", "Cifar100").pseudo_batches == 101
+    assert cfg("VGG16", "Cifar100").beta == 5.0
+    assert cfg("VGG16", "Cifar100", gkt_recipe="paper").pseudo_batches == 4000
     assert cfg("SmallCNN", "Digits").pseudo_batches == 100
     with pytest.raises(hparams.InvalidValue, match="-gkt_batches"):
         cfg("SmallCNN", "Digits", gkt_batches=0)

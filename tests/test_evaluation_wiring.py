@@ -78,7 +78,7 @@ def planted(tmp_path, monkeypatch):
     fine_train, fine_test = _labels(rng)
     images = {False: _encode(N_TRAIN, False), True: _encode(N_TEST, True)}
 
-    def load(name, root="./data", train=True, size=32, augment=False):
+    def load(name, root="./data", train=True, size=32, augment=False, pins_split="none"):
         fine_tr, fine_te = fine_train, fine_test
         fine = fine_tr if train else fine_te
         tf = datasets.ImageTransform(size, augment)
@@ -228,9 +228,8 @@ def test_sub_class_record_equals_the_hand_computed_metrics(planted):
     split = {"forget_train": ("train", [i for i in range(N_TRAIN) if f_tr[i] == fine]),
              "retain_train": ("train", [i for i in range(N_TRAIN) if f_tr[i] != fine]),
              "forget_valid": ("test", [i for i in range(N_TEST) if f_te[i] == fine]),
-             "retain_valid": ("test", datasets.split_sub_class(
-                 type("T", (), {"fine": f_tr, "targets": f_tr // 2})(),
-                 type("T", (), {"fine": f_te, "targets": f_te // 2})(), fine)["retain_valid"][1]),
+             # the retained test images of fine class 0, then 1, ..., as the reference builds them
+             "retain_valid": ("test", [i for k in range(10) if k != fine for i in range(N_TEST) if f_te[i] == k]),
              "test": ("test", list(range(N_TEST)))}
     # the sub-class retain test set keeps exactly the test images of other fine classes
     assert sorted(split["retain_valid"][1]) == [i for i in range(N_TEST) if f_te[i] != fine]
@@ -240,11 +239,10 @@ def test_sub_class_record_equals_the_hand_computed_metrics(planted):
 def test_random_record_equals_the_hand_computed_metrics(planted):
     perc = 0.1
     record, p = planted("forget_random_main.py", "Digits", ["-classes", "10"], ["-forget_perc", str(perc)], 10)
-    forget = record.get("forget_indices")
-    if forget is None:  # the split is drawn from the seed: take it from the split function
-        tr = type("T", (), {"__len__": lambda s: N_TRAIN})()
-        te = type("T", (), {"__len__": lambda s: N_TEST})()
-        forget = list(datasets.split_random(tr, te, perc, 3)["forget_train"][1])
+    # the reference's draw: the seeded default generator after two initialisations of the net
+    torch.manual_seed(3)
+    Planted(10), Planted(10)
+    forget = list(torch.utils.data.random_split(range(N_TRAIN), [perc, 1 - perc])[0].indices)
     assert len(forget) == record["n_forget"]
     rest = sorted(set(range(N_TRAIN)) - set(forget))
     split = {"forget_train": ("train", forget), "retain_train": ("train", rest),

@@ -356,7 +356,7 @@ def test_scrub_method_epoch_is_a_max_step_then_a_min_step_of_the_documented_loss
     data = UnlearnData(forget_train=one_batch(xf, torch.zeros(len(xf), dtype=torch.long)),
                        retain_train=one_batch(xr, yr, shuffle=True), full_train=None, num_classes=SC,
                        forget_class=0, setting="fullclass", dataset="Tiny", net="Tiny", build_fresh=None)
-    hp = hp_for("scrub", data, scrub_epochs=1, scrub_msteps=1)
+    hp = hp_for("scrub", data, recipe="corrected", scrub_epochs=1, scrub_msteps=1)
     T, alpha, gamma = hp.temperature, hp.alpha, hp.gamma
     assert (T, alpha, gamma, hp.lr, hp.momentum, hp.weight_decay) == (4.0, 1.0, 5.0, 5e-4, 0.9, 5e-4)
 
@@ -667,8 +667,8 @@ def gkt_cfg(**over):
     """The paper recipe with one pseudo batch of 16 and no attention term, as the dict distill()
     reads; ``over`` is applied after validation, as n_gen = 0 (no generator step) is outside the
     flag's range."""
-    cfg = dataclasses.asdict(hp_for("gkt", gkt_batch=16, gkt_batches=1, gkt_beta=0.0))
-    assert cfg["recipe"] == "paper"
+    cfg = dataclasses.asdict(hp_for("gkt", gkt_recipe="paper", gkt_batch=16, gkt_batches=1, gkt_beta=0.0))
+    assert cfg["variant"] == "paper"
     cfg.update(over)
     return cfg
 
@@ -828,9 +828,10 @@ def test_finetune_step_is_sgd_on_the_retain_cross_entropy():
 
 def test_retrain_full_step_is_sgd_on_the_retain_cross_entropy_from_the_fresh_weights():
     """retrain_full, one epoch of one batch: fresh weights − lr·(∇CE + wd·fresh), lr the data
-    set's schedule (the one-epoch warm-up is at factor 1 on its only step)."""
+    set's schedule under -recipe corrected (the one-epoch warm-up is at factor 1 on its only step;
+    the reference's schedule starts at lr 0, see test_fidelity)."""
     data, x, y, fresh = retain_data(batch=48)
-    hp = hp_for("retrain_full", data, epochs=1)
+    hp = hp_for("retrain_full", data, recipe="corrected", epochs=1)
     assert hp.lr == 0.05 and hp.warm_epochs == 1  # Digits' row of the schedule table
     expected = sgd_step(fresh, lambda m: literal_ce(m(x), y), hp.lr, hp.momentum, hp.weight_decay)
     model = retrain_full(mlp(12, FC, seed=1), data, hp, CPU)

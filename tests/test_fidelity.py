@@ -1,0 +1,483 @@
+"""The reference's command lines compute what the reference computed: each behaviour the
+reference code has (its defects included) against a literal re-implementation of that code,
+and -recipe corrected against the papers' descriptions."""
+import bisect
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from helpers import hp_for, write_cifar
+
+import datasets
+import experiment
+import flags
+import hparams
+import models
+from engine import reference_schedule
+from methods import METHODS
+
+# ---- -recipe: one switch, recorded ------------------------------------------------------------
+
+def _args(main, argv):
+    p = flags.base_parser("t", batch_size=main.BATCH, jit_table=main.JIT)
+    main.add_task_args(p)
+    return p.parse_args(argv)
+
+
+def _weights(tmp_path, net, classes):
+    path = tmp_path / f"{net}-{classes}.pth"
+    if not path.exists():
+        torch.save(models.build_model(net, classes).state_dict(), path)
+    return ["-weight_path", str(path)]
+
+
+def test_recipe_defaults_to_the_reference_and_selects_every_choice():
+    import forget_full_class_main as full
+
+    base = ["-net", "VGG16", "-dataset", "Cifar100", "-classes", "100", "-forget_class", "rocket"]
+    ref = _args(full, base + ["-method", "scrub"])
+    cor = _args(full, base + ["-method", "scrub", "-recipe", "corrected"])
+    assert ref.recipe == "reference"
+    pr, pc = flags.resolve_data(ref, "fullclass"), flags.resolve_data(cor, "fullclass")
+    assert (pr.importance_order, pr.retain_test_order, pr.split_draw, pr.pins_split) == \
+        ("shuffled", "grouped", "after_two_models", "none")
+    assert (pc.importance_order, pc.retain_test_order, pc.split_draw, pc.pins_split) == \
+        ("shuffled", "dataset", "own_generator", "per_person")
+    # a single flag overrides one choice of the recipe
+    one = _args(full, base + ["-method", "scrub", "-recipe", "corrected", "-retain_test_order", "grouped"])
+    assert flags.resolve_data(one, "fullclass").retain_test_order == "grouped"
+    for m in ("UNSIR", "emmn", "gkt", "retrain", "scrub"):
+        r = flags.resolve_method(_args(full, base + ["-method", m]), "fullclass", full.JIT)
+        c = flags.resolve_method(_args(full, base + ["-method", m, "-recipe", "corrected"]), "fullclass", full.JIT)
+        assert r != c, m
+
+
+@pytest.mark.parametrize("method, field, reference, corrected", [
+    ("UNSIR", "images", "reference", "full"),
+    ("emmn", "images", "reference", "full"),
+    ("gkt", "variant", "reference", "paper"),
+    ("retrain", "schedule", "reference", "warmup"),
+    ("retrain_full", "schedule", "reference", "warmup"),
+])
+def test_each_method_choice_follows_the_recipe(method, field, reference, corrected):
+    class D:
+        net, dataset, setting = "VGG16", "Cifar100", "fullclass"
+
+    assert getattr(hp_for(method, D), field) == reference
+    assert getattr(hp_for(method, D, recipe="corrected"), field) == corrected
+
+
+def test_gkt_variant_flag_wins_over_the_recipe_and_selects_its_rows():
+    class D:
+        net, dataset, setting = "VGG16", "Cifar100", "fullclass"
+
+    paper = hp_for("gkt", D, gkt_recipe="paper")
+    assert (paper.variant, paper.opt, paper.beta, paper.pseudo_batches) == ("paper", "adam", 250.0, 4000)
+    ref = hp_for("gkt", D, recipe="corrected", gkt_recipe="reference")
+    assert (ref.variant, ref.opt, ref.beta, ref.pseudo_batches) == ("reference", "sgd", 5.0, 1000)
+
+
+# ---- 4. SCRUB in the full-class setting ------------------------------------------------------
+
+@pytest.mark.parametrize("setting, recipe, alpha, gamma", [
+    ("fullclass", "reference", 0.001, 0.99),  # the SCRUB function's defaults: the main never passes α, γ
+    ("fullclass", "corrected", 1.0, 5.0),
+    ("subclass", "reference", 1.0, 5.0),
+    ("random", "reference", 1.0, 5.0),
+])
+def test_scrub_alpha_gamma_per_setting_and_recipe(setting, recipe, alpha, gamma):
+    class D:
+        net, dataset = "VGG16", "Cifar20"
+
+    D.setting = setting
+    hp = hp_for("scrub", D, recipe=recipe)
+    assert (hp.alpha, hp.gamma) == (alpha, gamma)
+
+
+# ---- 2. the retrain schedule -----------------------------------------------------------------
+
+class _LiteralWarmUpLR(torch.optim.lr_scheduler.LRScheduler):
+    """The reference's WarmUpLR, written out: lr = base · last_epoch / (total_iters + 1e-8)."""
+
+    def __init__(self, optimizer, total_iters):
+        self.total_iters = total_iters
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        return [b * self.last_epoch / (self.total_iters + 1e-8) for b in self.base_lrs]
+
+
+def _reference_lrs(epochs, T, base, milestones, gamma=0.2):
+    """The learning rate of every batch of the reference's fit_one_cycle, literally: MultiStepLR
+    built first, then WarmUpLR; WarmUpLR.step() after every batch of epochs 0 and 1;
+    MultiStepLR.step(epoch) at the start of every later epoch."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
+    train_scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
+    warmup = _LiteralWarmUpLR(opt, T)
+    lrs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MultiStepLR.step(epoch) is deprecated, and what the reference calls
+        for epoch in range(epochs):
+            if epoch > 1:
+                train_scheduler.step(epoch)
+            for _ in range(T):
+                lrs.append(opt.param_groups[0]["lr"])
+                opt.step()
+                if epoch <= 1:
+                    warmup.step()
+    return lrs
+
+
+@pytest.mark.parametrize("epochs, T, milestones", [(8, 5, (7,)), (9, 3, (8,)), (20, 4, (8, 12, 16)), (6, 1, (2, 3))])
+def test_reference_retrain_schedule_equals_the_literal_reference_schedulers(epochs, T, milestones):
+    expect = _reference_lrs(epochs, T, 0.01, milestones)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = reference_schedule(opt, T, milestones, 0.2)
+    got = []
+    for _ in range(epochs * T):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(got, expect, rtol=1e-12, atol=0)
+    assert got[0] == 0.0
+    if T > 1:
+        assert max(got[T:2 * T]) > 1.5 * 0.01  # epoch 1 rises to about twice the base rate
+
+
+def test_retrain_steps_at_the_reference_rates(monkeypatch):
+    """The retrain method itself runs at those rates: the rate each SGD step used, read inside
+    train_epoch's optimiser, equals the literal schedule."""
+    from methods import retrain as rt
+
+    seen = []
+    real_step = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    xs = torch.randn(12, 3, 4, 4)
+    ds = [(xs[i], torch.tensor([]), i % 2) for i in range(12)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+
+    class Data:
+        retain_train = loader
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    hp = hparams.resolve(rt.RetrainHP, rt.RETRAIN_OVERRIDES, dict(recipe="reference"),
+                         dict(epochs=5, retrain_milestones=(3, 4)))
+    rt.train_on_retain(net, Data, hp, torch.device("cpu"), "t")
+    got = list(seen)
+    monkeypatch.undo()
+    np.testing.assert_allclose(got, _reference_lrs(5, 3, hp.lr, (3, 4)), rtol=1e-12)
+
+
+def test_vit_retrain_uses_its_own_milestones():
+    for dataset, epochs, ms in (("Cifar10", 8, (7,)), ("Cifar100", 8, (7,)), ("Cifar20", 9, (8,))):
+        class D:
+            net, setting = "ViT", "fullclass"
+
+        D.dataset = dataset
+        hp = hp_for("retrain", D)
+        assert (hp.epochs, hp.milestones) == (epochs, ms)
+        assert bisect.bisect_right(ms, epochs - 1) == 1  # the last epoch runs at lr·γ
+
+
+# ---- 1. SSD's importance batches and 8. the retain test order -----------------------------------
+
+def _tiny(n=40, classes=4, fine=None):
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, classes, n)
+    return datasets.ArrayImages(np.zeros((n, 2, 2, 3), np.uint8), targets,
+                                fine=None if fine is None else rng.integers(0, fine, n))
+
+
+def test_importance_order_reference_per_setting():
+    train = _tiny(fine=8)
+    split = datasets.split_sub_class(train, train, 3)
+    retain, forget = split["retain_train"][1], split["forget_train"][1]
+    grouped = datasets.importance_order(train, split, "grouped", 0, train.fine)
+    # literal: the reference's per-fine-class lists of retained images, in class order, then forget
+    assert list(grouped) == [i for c in range(8) if c != 3 for i in range(40) if train.fine[i] == c] + list(forget)
+    assert list(datasets.importance_order(train, split, "retain_forget", 0, train.fine)) == \
+        list(retain) + list(forget)
+    shuffled = datasets.importance_order(train, split, "shuffled", 7, train.fine)
+    assert sorted(shuffled) == list(range(40)) and list(shuffled) != sorted(shuffled)
+    assert list(shuffled) == list(datasets.importance_order(train, split, "shuffled", 7, train.fine))
+    assert list(shuffled) != list(datasets.importance_order(train, split, "shuffled", 8, train.fine))
+
+
+@pytest.mark.parametrize("setting, recipe, order", [
+    ("fullclass", "reference", "shuffled"), ("subclass", "reference", "grouped"),
+    ("random", "reference", "retain_forget"),
+    ("fullclass", "corrected", "shuffled"), ("subclass", "corrected", "shuffled"), ("random", "corrected", "shuffled"),
+])
+def test_importance_order_per_setting_and_recipe(setting, recipe, order):
+    ctx = dict(net="VGG16", dataset="Cifar20", setting=setting, recipe=recipe)
+    assert hparams.resolve(datasets.DataHP, datasets.DATA_OVERRIDES, ctx).importance_order == order
+
+
+def test_ssd_importance_batches_reach_the_method_in_the_reference_order(tmp_path, monkeypatch):
+    """The sub-class main under the reference recipe hands SSD the retained images grouped by
+    fine class, then the forgotten ones (its ConcatDataset of per-class lists)."""
+    import forget_sub_class_main as sub
+    import registry
+
+    root = tmp_path / "data"
+    write_cifar(root)
+    seen = {}
+
+    def spy(model, data, hp, device):
+        seen["order"] = torch.cat([f for _, f, _ in data.full_train]).tolist()
+        return model
+
+    monkeypatch.setitem(METHODS, "ssd_tuning", registry.Method("ssd_tuning", spy, METHODS["ssd_tuning"].hparams,
+                                                               METHODS["ssd_tuning"].overrides))
+    for recipe in ("reference", "corrected"):
+        args = _args(sub, ["-net", "SmallCNN", "-dataset", "Cifar20", "-superclasses", "20", "-subclasses", "100",
+                           "-forget_class", "rocket", "-method", "ssd_tuning", "-data_root", str(root),
+                           "-results", str(tmp_path / "r.jsonl"), "-relearn_max_steps", "0", "-recipe", recipe,
+                           "-retrain_dir", str(tmp_path), *_weights(tmp_path, "SmallCNN", 20)])
+        flags.resolve_jit(args, sub.JIT)
+        rec = experiment.execute(experiment.prepare(args, sub.SETTING, *sub.task(args)), args)
+        fine = seen["order"]
+        n_forget = rec["n_forget"]
+        if recipe == "reference":
+            assert fine[:-n_forget] == sorted(fine[:-n_forget]) and set(fine[-n_forget:]) == {69}
+            assert rec["recipe"] == "reference" and rec["pipeline"]["importance_order"] == "grouped"
+        else:
+            assert fine[:-n_forget] != sorted(fine[:-n_forget]) or 69 in fine[:-n_forget]
+            assert rec["recipe"] == "corrected" and rec["pipeline"]["importance_order"] == "shuffled"
+
+
+# ---- 3. the random split: 83 images, drawn after two model initialisations ---------------------
+
+def _reference_forget(seed, n, perc, build):
+    """The reference's forget_random_main, literally: seed, build the net and the bad teacher,
+    then random_split with fractions from the default generator."""
+    torch.manual_seed(seed)
+    build()
+    build()
+    forget, _ = torch.utils.data.random_split(range(n), [perc, 1 - perc])
+    return list(forget.indices)
+
+
+def _random_exp(tmp_path, net, seed, recipe, perc=0.2):
+    import forget_random_main as rnd
+
+    root = tmp_path / "data"
+    if not root.exists():
+        write_cifar(root)
+    args = _args(rnd, ["-net", net, "-dataset", "Cifar10", "-classes", "10", "-forget_perc", str(perc),
+                       "-method", "baseline", "-data_root", str(root), "-seed", str(seed), "-recipe", recipe,
+                       "-results", str(tmp_path / "r.jsonl"), "-retrain_dir", str(tmp_path),
+                       *_weights(tmp_path, net, 10)])
+    return experiment.prepare(args, rnd.SETTING, *rnd.task(args))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_random_split_forgets_the_reference_images_for_the_same_seed(tmp_path, seed):
+    exp = _random_exp(tmp_path, "SmallCNN", seed, "reference")
+    expect = _reference_forget(seed, 50, 0.2, lambda: models.SmallCNN(10))
+    assert list(exp.split["forget_train"][1]) == expect
+    # corrected: a generator of its own, the same for every architecture
+    own = _random_exp(tmp_path, "SmallCNN", seed, "corrected")
+    g = torch.Generator().manual_seed(seed)
+    assert list(own.split["forget_train"][1]) == list(torch.utils.data.random_split(range(50), [0.2, 0.8], g)[0].indices)
+
+
+@pytest.mark.slow
+def test_random_split_with_vgg16_matches_the_reference_literal_vgg11_plus_head(tmp_path):
+    exp = _random_exp(tmp_path, "VGG16", 1, "reference")
+
+    def reference_vgg16():
+        torchvision.models.vgg11()
+        nn.Linear(1000, 10)
+
+    assert list(exp.split["forget_train"][1]) == _reference_forget(1, 50, 0.2, reference_vgg16)
+
+
+# ---- 5. Pins: resized to 36, then cropped or resized; no split under the reference ------------
+
+def _pins(root, people=3, each=5):
+    folder = root / "105_classes_pins_dataset"
+    rng = np.random.default_rng(0)
+    for p in range(people):
+        (folder / f"pins_{p}").mkdir(parents=True)
+        for i in range(each):
+            from PIL import Image
+
+            Image.fromarray(rng.integers(0, 256, (60, 50, 3), dtype=np.uint8)).save(folder / f"pins_{p}" / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_pins_images_are_resized_to_36_then_to_the_net_input(tmp_path, size):
+    from PIL import Image
+    from torchvision import transforms
+
+    folder = _pins(tmp_path)
+    ds = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True, size=size, pins_split="none")
+    x = ds[0][0]
+    # the reference's unlearning transform, literally
+    ref = transforms.Compose([transforms.Resize((36, 36)), transforms.ToTensor(),
+                              transforms.Normalize(datasets.MEAN, datasets.STD), transforms.Resize((size, size))])
+    with Image.open(ds.paths[0]) as im:
+        expect = ref(im.convert("RGB"))
+    assert ds.paths[0].startswith(str(folder))
+    torch.testing.assert_close(x, expect, atol=2e-2, rtol=0)  # PIL's and torch's 36×36 rounding differ slightly
+
+
+def test_pins_augmentation_crops_the_36_pixel_image_to_32_before_resizing(tmp_path):
+    _pins(tmp_path)
+    ds = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True, size=224, augment=True,
+                               pins_split="none")
+    assert ds.load(0).shape == (36, 36, 3)
+    assert ds[0][0].shape == (3, 224, 224)
+    ds.transform.size = 32  # without the final resize the crop is 32×32: the crop acts on the 36-pixel image
+    assert ds[0][0].shape == (3, 32, 32)
+
+
+def test_pins_reference_recipe_trains_and_evaluates_on_the_whole_folder(tmp_path):
+    _pins(tmp_path, people=3, each=5)
+    tr = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True, pins_split="none")
+    te = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=False, pins_split="none")
+    assert list(tr.paths) == list(te.paths) and len(tr) == 15
+    ctr = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True, pins_split="per_person")
+    cte = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=False, pins_split="per_person")
+    assert not set(ctr.paths) & set(cte.paths) and len(ctr) + len(cte) == 15
+
+
+# ---- 7. the normalisation constants --------------------------------------------------------------
+
+def test_normalisation_uses_the_reference_constants_to_every_digit():
+    assert datasets.MEAN == (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
+    assert datasets.STD == (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
+    img = np.full((32, 32, 3), 200, np.uint8)
+    x = datasets.ImageTransform(32)(img)
+    expect = (200 / 255 - torch.tensor(datasets.MEAN, dtype=torch.float64)) / torch.tensor(datasets.STD,
+                                                                                           dtype=torch.float64)
+    torch.testing.assert_close(x[:, 0, 0].double(), expect, atol=1e-6, rtol=0)
+
+
+# ---- 8. the sub-class retain test order reaches the metric -------------------------------------
+
+@pytest.mark.parametrize("recipe, grouped", [("reference", True), ("corrected", False)])
+def test_sub_class_retain_test_order_follows_the_recipe(tmp_path, recipe, grouped):
+    import forget_sub_class_main as sub
+
+    root = tmp_path / "data"
+    write_cifar(root)
+    args = _args(sub, ["-net", "SmallCNN", "-dataset", "Cifar20", "-superclasses", "20", "-subclasses", "100",
+                       "-forget_class", "rocket", "-method", "baseline", "-data_root", str(root), "-recipe", recipe,
+                       "-results", str(tmp_path / "r.jsonl"), "-retrain_dir", str(tmp_path),
+                       *_weights(tmp_path, "SmallCNN", 20)])
+    exp = experiment.prepare(args, sub.SETTING, *sub.task(args))
+    idx = exp.split["retain_valid"][1]
+    fine = exp.test.fine[idx]
+    assert (list(fine) == sorted(fine)) is grouped
+    assert sorted(idx) == [i for i in range(len(exp.test)) if exp.test.fine[i] != 69]
+
+
+# ---- 10. checkpoints of every architecture the reference defines -----------------------------
+
+class _RefBasicBlock(nn.Module):
+    """The reference's resnet.py BasicBlock, written out."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.residual_function = nn.Sequential(
+            nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True), nn.Conv2d(cout, cout, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return nn.ReLU(inplace=True)(self.residual_function(x) + self.shortcut(x))
+
+
+class _RefResNet18(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.in_channels = 64
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 64, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(64),
+                                   nn.ReLU(inplace=True))
+        self.conv2_x = self._layer(64, 1)
+        self.conv3_x = self._layer(128, 2)
+        self.conv4_x = self._layer(256, 2)
+        self.conv5_x = self._layer(512, 2)
+        self.avg_pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512, num_classes)
+
+    def _layer(self, cout, stride):
+        layers = []
+        for s in (stride, 1):
+            layers.append(_RefBasicBlock(self.in_channels, cout, s))
+            self.in_channels = cout
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.conv5_x(self.conv4_x(self.conv3_x(self.conv2_x(self.conv1(x)))))
+        return self.fc(self.avg_pool(x).view(x.size(0), -1))
+
+
+class _RefConv(nn.Sequential):
+    def __init__(self, cin, cout, kernel_size=3, stride=1, padding=None):
+        padding = (kernel_size - 1) // 2 if padding is None else padding
+        super().__init__(nn.Conv2d(cin, cout, kernel_size=kernel_size, stride=stride, padding=padding, bias=False),
+                         nn.BatchNorm2d(cout, affine=True), nn.ReLU())
+
+
+class _Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class _Flatten(nn.Module):
+    def forward(self, x):
+        return x.view(x.size(0), -1)
+
+
+class _RefAllCNN(nn.Module):
+    """The reference's AllCNN (filters_percentage 1, batch norm, no dropout), written out."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            _RefConv(3, 96), _RefConv(96, 96), _RefConv(96, 192, stride=2, padding=1), _Identity(),
+            _RefConv(192, 192), _RefConv(192, 192), _RefConv(192, 192, stride=2, padding=1), _Identity(),
+            _RefConv(192, 192), _RefConv(192, 192, kernel_size=1), nn.AvgPool2d(8), _Flatten())
+        self.classifier = nn.Sequential(nn.Linear(192, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+@pytest.mark.parametrize("name, reference", [("ResNet18", _RefResNet18), ("AllCNN", _RefAllCNN)])
+def test_reference_checkpoints_load_strict_and_give_the_same_logits(name, reference):
+    torch.manual_seed(0)
+    ref = reference(10)
+    # non-trivial batch-norm statistics, so a misplaced buffer would show in the logits
+    ref.train()
+    with torch.no_grad():
+        ref(torch.randn(8, 3, 32, 32))
+    ref.eval()
+    ours = models.build_model(name, 10)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours.eval()
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    # the same initialisation order: a seeded build draws the same weights (the random split's draw
+    # depends on it)
+    torch.manual_seed(5)
+    a = reference(10).state_dict()
+    torch.manual_seed(5)
+    b = models.build_model(name, 10).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
