@@ -52,16 +52,23 @@ def reference_schedule(optimizer, steps_per_epoch, milestones, gamma):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_epoch(model, loader, optimizer, device, scheduler=None, desc="train", progress=True):
+def train_epoch(model, loader, optimizer, device, scheduler=None, desc="train", progress=True, all_finite=None):
     """One epoch of cross-entropy training on (x, _, y) batches; returns mean loss.
-    Raises FloatingPointError if the loss stops being finite."""
+    Raises FloatingPointError if the loss stops being finite. ``all_finite(bool) -> bool``
+    (torchrun) makes every process agree, before any backward, whether every process's loss is
+    finite, so that all of them stop together instead of leaving the others waiting in a
+    gradient all-reduce."""
     model.train()
     total, n = 0.0, 0
     bar = progress_bar(loader, desc, progress)
     for x, _, y in bar:
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
         loss = F.cross_entropy(model(x), y)
-        if not math.isfinite(loss.item()):
+        finite = math.isfinite(loss.item())
+        if all_finite is not None and not all_finite(finite):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()}" if not finite else
+                                     f"{desc}: the loss of another process became non-finite")
+        if not finite:
             raise FloatingPointError(f"{desc}: loss became {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -187,6 +187,12 @@ class Dist:
         dist.all_reduce(t)
         return (t[0] / t[1]).item()
 
+    def all_finite(self, finite):
+        """Whether every process's value is finite (one all-reduce; only under torchrun)."""
+        t = torch.tensor([0.0 if finite else 1.0], device=self.device)
+        dist.all_reduce(t)
+        return t.item() == 0
+
     def close(self):
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -339,7 +345,8 @@ def train_model(args, epochs, state, ctx):
         sampler.set_epoch(epoch)
         seed_everything(epoch_seed(args.seed, epoch, ctx.rank))
         try:
-            loss = train_epoch(net, train_dl, opt, device, sched, desc=f"epoch {epoch}/{epochs}", progress=ctx.main)
+            loss = train_epoch(net, train_dl, opt, device, sched, desc=f"epoch {epoch}/{epochs}", progress=ctx.main,
+                               all_finite=ctx.all_finite if ctx.world > 1 else None)
         except FloatingPointError as e:
             raise UserError(f"training diverged: {e}; try a smaller -lr") from None
         loss = ctx.mean(loss, len(sampler))

@@ -58,10 +58,14 @@ class GktHP:
     temperature: float = hp(1.0, "gkt KL temperature", "gkt_temperature", POSITIVE)
     clip: float = hp(5.0, "gkt gradient-norm clip", "gkt_clip", POSITIVE)
     momentum: float = hp(0.9, "gkt SGD momentum (sgd only)", "gkt_momentum", NON_NEGATIVE)
+    vit_forward: str = hp("reference", "gkt with ViT: the reference's forward (every encoder layer applied to the "
+                          "embedding output, so the last layer alone reaches the head, for teacher, student and the "
+                          "evaluation) or the full forward", "gkt_vit_forward", choices=("reference", "full"))
 
 
 GKT_OVERRIDES = Overrides((
     (dict(recipe="corrected"), dict(variant="paper")),
+    (dict(variant="paper"), dict(vit_forward="full")),
     (dict(variant="reference"), dict(batch=128, n_gen=2, n_student=15, pseudo_batches=1000, opt="sgd", g_lr=0.01,
                                      s_lr=0.01, beta=5.0, student="conv_xavier", features="convs", gen_width=32)),
     # ViT: the paper recipe has no convolutional feature maps to compare (the patch embedding is
@@ -284,6 +288,30 @@ def distill(teacher, student, generator, forget_label, cfg, names=(), progress=T
     return student
 
 
+class ReferenceViTForward(nn.Module):
+    """A ViT run as the reference's gkt runs it: its ViT forward with ``return_activations``
+    passes the embedding output to every encoder layer (not the previous layer's output), so
+    the head sees the final layer norm of the last layer applied to the embeddings; 11 of
+    ViT-B's 12 layers only feed the attention-transfer term. Wraps the model (same parameters)."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x):
+        base = self.vit.base
+        embedded = base.embeddings(x)
+        h = embedded
+        for layer in base.layers:
+            h = layer(embedded)
+            h = h[0] if isinstance(h, tuple) else h
+        return self.vit.final(base.layernorm(h)[:, 0])
+
+
+def _is_vit(model):
+    return hasattr(model, "base") and hasattr(model.base, "layers") and hasattr(model, "final")
+
+
 def _make_student(model, data, cfg, device):
     if cfg["student"] == "fresh":
         return data.build_fresh().to(device)
@@ -310,14 +338,18 @@ def gkt(model, data, hp, device):
       of a real-data validation loss is left out: a zero-shot method has no real data.
     - reference recipe (the default, -recipe reference): the JiT reference's settings (see GKT).
     - Digits/Digits5: this project's reduced CPU budget (GKT_CPU_BUDGET).
+    - ViT under the reference variant: teacher, student and the returned model run the
+      reference's forward (ReferenceViTForward); -gkt_vit_forward full gives the real one.
     - The student's weights are copied into ``model``, which is returned.
     """
     forget = full_class_only(data, "gkt")
     cfg = dataclasses.asdict(hp)
     shape = input_shape(data.forget_train)
     student = _make_student(model, data, cfg, device)
+    wrap = ReferenceViTForward if cfg["vit_forward"] == "reference" and _is_vit(model) else (lambda m: m)
+    teacher, pupil = wrap(model), wrap(student)
     generator = Generator(shape, cfg["z_dim"], cfg["gen_width"]).to(device)
-    names = feature_names(model, shape, cfg["features"], device) if cfg["beta"] > 0 else []
-    distill(model, student, generator, forget, cfg, names)
+    names = feature_names(teacher, shape, cfg["features"], device) if cfg["beta"] > 0 else []
+    distill(teacher, pupil, generator, forget, cfg, names)
     model.load_state_dict(student.state_dict())
-    return model
+    return wrap(model)  # with the reference's ViT forward, its evaluation runs that forward too

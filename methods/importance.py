@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Subset
 
 from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
@@ -175,7 +176,11 @@ def fisher_diagonal(model, loader, num_classes, device, desc="fisher"):
     for batch in progress_bar(loader, desc):
         x = batch[0].to(device)
         for part in x.split(chunk):
-            for n, f in per_sample(params, part).items():
+            # scaled_dot_product_attention (ViT) under vmap: the math kernel, which has batching
+            # rules; the fused CUDA kernels may not, or fall back to a per-example loop
+            with sdpa_kernel(SDPBackend.MATH):
+                fisher = per_sample(params, part)
+            for n, f in fisher.items():
                 total[n] += f.sum(0)
         count += len(x)
     return {n: t / max(count, 1) for n, t in total.items()}

@@ -481,3 +481,140 @@ def test_reference_checkpoints_load_strict_and_give_the_same_logits(name, refere
     torch.manual_seed(5)
     b = models.build_model(name, 10).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- GPU-path risks that the CPU can check -----------------------------------------------------
+
+def test_train_epoch_stops_when_another_process_reports_a_non_finite_loss():
+    """all_finite is asked before any backward: a process whose own loss is finite stops at the
+    same step as the one whose loss is not, and takes no optimiser step there."""
+    from engine import train_epoch
+
+    net = nn.Linear(4, 2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ds = [(torch.randn(4), torch.tensor([]), 0) for _ in range(4)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=2)
+    asked = []
+
+    def all_finite(mine):
+        asked.append(mine)
+        return False  # another process's loss became NaN
+
+    with pytest.raises(FloatingPointError, match="another process"):
+        train_epoch(net, loader, torch.optim.SGD(net.parameters(), lr=0.1), torch.device("cpu"),
+                    progress=False, all_finite=all_finite)
+    assert asked == [True]
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def _ddp_worker(rank, store, out, nan_rank):
+    import torch.distributed as dist
+
+    from engine import train_epoch
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", world_size=2, rank=rank)
+    torch.manual_seed(0)
+    net = torch.nn.parallel.DistributedDataParallel(nn.Linear(4, 2))
+    xs = torch.randn(6, 4)
+    if rank == nan_rank:
+        xs[4] = float("nan")  # the third batch of this process
+    loader = torch.utils.data.DataLoader([(xs[i], torch.tensor([]), i % 2) for i in range(6)], batch_size=2)
+
+    def all_finite(finite):
+        t = torch.tensor([0.0 if finite else 1.0])
+        dist.all_reduce(t)
+        return t.item() == 0
+
+    try:
+        train_epoch(net, loader, torch.optim.SGD(net.parameters(), lr=0.1), torch.device("cpu"), progress=False,
+                    all_finite=all_finite)
+        msg = "finished"
+    except FloatingPointError as e:
+        msg = str(e)
+    (out / f"rank{rank}").write_text(msg)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_torchrun_process_stops_every_process(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_ddp_worker, args=(r, tmp_path / "store", tmp_path, 1)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p.is_alive() for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert alive == [False, False], "a process was left waiting in a collective"
+    assert "another process" in (tmp_path / "rank0").read_text()
+    assert "loss became nan" in (tmp_path / "rank1").read_text()
+
+
+def test_fisher_per_sample_gradients_run_attention_on_the_math_kernel(monkeypatch):
+    """Under vmap, scaled_dot_product_attention must use the math kernel (the fused CUDA kernels
+    lack batching rules or fall back to a per-example loop)."""
+    from methods.importance import fisher_diagonal
+
+    seen = []
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            seen.append((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+                         torch.backends.cuda.math_sdp_enabled()))
+            h = self.q(x.flatten(1)).view(x.shape[0], 1, 1, 4)
+            return self.head(torch.nn.functional.scaled_dot_product_attention(h, h, h).flatten(1))
+
+    ds = [(torch.randn(1, 2, 2), torch.tensor([]), 0) for _ in range(3)]
+    fisher_diagonal(Attn(), torch.utils.data.DataLoader(ds, batch_size=3), 3, "cpu")
+    assert seen and all(s == (False, False, True) for s in seen)
+
+
+def test_gkt_with_vit_runs_the_reference_forward_under_the_reference_variant(monkeypatch):
+    """The reference's ViT forward applies every encoder layer to the embedding output; gkt's
+    reference variant distils and returns the model run that way, the paper variant the real
+    forward."""
+    from transformers import ViTConfig
+
+    from methods import gkt as bg
+
+    cfg = ViTConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, image_size=8,
+                    patch_size=4)
+    torch.manual_seed(0)
+    vit = models.ViT(num_classes=3, config=cfg).eval()
+    x = torch.randn(2, 3, 8, 8)
+    emb = vit.base.embeddings(x)
+    literal = vit.final(vit.base.layernorm(vit.base.layers[-1](emb))[:, 0])  # the last layer on the embeddings
+    wrapped = bg.ReferenceViTForward(vit)
+    torch.testing.assert_close(wrapped(x), literal)
+    assert not torch.allclose(wrapped(x), vit(x))
+
+    seen = {}
+
+    def spy(teacher, student, generator, forget_label, cfg, names=(), progress=True):
+        seen.update(teacher=teacher, student=student, names=list(names))
+        return student
+
+    monkeypatch.setattr(bg, "distill", spy)
+
+    class Data:
+        forget_class, setting, net, dataset = 0, "fullclass", "ViT", "Cifar10"
+        forget_train = torch.utils.data.DataLoader([(torch.zeros(3, 8, 8), torch.tensor([]), 0)], batch_size=1)
+
+        @staticmethod
+        def build_fresh():
+            return models.ViT(num_classes=3, config=cfg)
+
+    out = bg.gkt(vit, Data, hp_for("gkt", Data, gkt_batches=1), torch.device("cpu"))
+    assert isinstance(seen["teacher"], bg.ReferenceViTForward) and isinstance(out, bg.ReferenceViTForward)
+    assert seen["names"] == [f"vit.base.layers.{i}" for i in range(3)]  # every encoder layer, as its activations
+    out = bg.gkt(vit, Data, hp_for("gkt", Data, gkt_recipe="paper", gkt_batches=1), torch.device("cpu"))
+    assert out is vit and not isinstance(seen["teacher"], bg.ReferenceViTForward)
