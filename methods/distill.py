@@ -28,9 +28,32 @@ class BlindspotHP:
     lr: float = hp(1e-4, "blindspot Adam learning rate", "bt_lr", POSITIVE)
     batch: int = hp(256, "blindspot batch", "bt_batch", AT_LEAST_ONE)
     temperature: float = hp(1.0, "blindspot KL temperature", "bt_temperature", POSITIVE)
+    teacher: str = hp("reference", "blindspot's incompetent teacher: the reference's (a fresh model of its class, "
+                      "which for ViT is the ImageNet-pretrained trunk with a random head) or random (a wholly random "
+                      "network, as the paper describes)", "bt_teacher", choices=("reference", "random"))
+    vit_weights: str = hp("google/vit-base-patch16-224", "ViT trunk of the reference's incompetent teacher: a "
+                          "Hugging Face hub name in the local cache, or a local directory", "bt_vit_weights")
 
 
-BLINDSPOT_OVERRIDES = Overrides(((dict(net="ViT"), dict(batch=128)),))
+BLINDSPOT_OVERRIDES = Overrides((
+    (dict(net="ViT"), dict(batch=128)),
+    (dict(recipe="corrected"), dict(teacher="random")),
+))
+
+
+def incompetent_teacher(data, hp):
+    """The reference builds the bad teacher as a fresh instance of its model class; its ViT
+    class loads the ImageNet-pretrained trunk in its constructor, so only the head is random."""
+    if hp.teacher == "reference" and data.net == "ViT":
+        from models import ViT
+
+        try:
+            return ViT(data.num_classes, weights=hp.vit_weights)
+        except OSError as e:
+            raise UserError(f"blindspot: cannot load the ViT trunk {hp.vit_weights!r} of the reference's incompetent "
+                            f"teacher offline ({str(e).splitlines()[0]}); give a local directory with -bt_vit_weights, "
+                            f"or use -bt_teacher random") from None
+    return data.build_fresh()
 
 
 @dataclass(frozen=True)
@@ -128,11 +151,11 @@ def blindspot(model, data, hp, device):
     Objective: KL(teacher softmax ‖ student softmax) at T = 1, each sample matched to its teacher.
     Data: all of forget_train plus a random 30% of retain_train (seeded by -seed), shuffled, batch 256 (128 for ViT).
     Adam lr 1e-4, 1 epoch; the student in train mode, both teachers frozen in eval mode.
-    The incompetent teacher is ``data.build_fresh()``, built before anything else draws random numbers.
+    The incompetent teacher (``incompetent_teacher``) is built before anything else draws random numbers.
     KL is the per-sample sum over classes, mean over the batch (the reference averages over classes too, a 1/C
     scale that Adam cancels).
     """
-    incompetent = freeze(data.build_fresh()).to(device)
+    incompetent = freeze(incompetent_teacher(data, hp)).to(device)
     competent = freeze(copy.deepcopy(model)).to(device)
     ds = blindspot_set(data.forget_train.dataset, data.retain_train.dataset, hp.retain_frac, data.seed)
     loader = _loader_like(data.retain_train, ds, hp.batch, shuffle=True)

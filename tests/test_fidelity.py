@@ -618,3 +618,81 @@ def test_gkt_with_vit_runs_the_reference_forward_under_the_reference_variant(mon
     assert seen["names"] == [f"vit.base.layers.{i}" for i in range(3)]  # every encoder layer, as its activations
     out = bg.gkt(vit, Data, hp_for("gkt", Data, gkt_recipe="paper", gkt_batches=1), torch.device("cpu"))
     assert out is vit and not isinstance(seen["teacher"], bg.ReferenceViTForward)
+
+
+# ---- blindspot's incompetent teacher for ViT --------------------------------------------------
+
+def test_blindspot_reference_teacher_for_vit_is_the_pretrained_trunk_with_a_random_head(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    from methods.distill import incompetent_teacher
+    from utils import UserError
+
+    cfg = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=8,
+                    patch_size=4)
+    torch.manual_seed(1)
+    trunk = ViTModel(cfg)
+    trunk.save_pretrained(tmp_path / "trunk")
+
+    class Data:
+        net, num_classes, dataset, setting = "ViT", 3, "Cifar10", "fullclass"
+
+        @staticmethod
+        def build_fresh():
+            return models.ViT(num_classes=3, config=cfg)
+
+    ref = incompetent_teacher(Data, hp_for("blindspot", Data, bt_vit_weights=str(tmp_path / "trunk")))
+    assert all(torch.equal(v, trunk.state_dict()[k]) for k, v in ref.base.state_dict().items())
+    rnd = incompetent_teacher(Data, hp_for("blindspot", Data, recipe="corrected"))
+    assert not torch.equal(rnd.base.embeddings.patch_embeddings.projection.weight,
+                           trunk.embeddings.patch_embeddings.projection.weight)
+    with pytest.raises(UserError, match="-bt_teacher random"):
+        incompetent_teacher(Data, hp_for("blindspot", Data, bt_vit_weights=str(tmp_path / "missing")))
+
+
+# ---- gkt with ViT fits in 40 GB ------------------------------------------------------------------
+
+GIB = 2 ** 30
+
+
+def _saved_bytes(fn):
+    """Bytes of the tensors autograd saves for the backward of ``fn()``: the graph's memory."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+@pytest.mark.slow
+def test_gkt_vit_peak_memory_estimate_stays_under_40_gb():
+    """The generator step holds the largest graph (generator, teacher and student at once, the
+    teacher's because the loss reaches the generator through it). Bytes per 224-px ViT-B/16
+    image, measured on the CPU from batches of 1 and 2, times the configured batch, plus
+    parameters, gradients and Adam moments, with 25% for the allocator, must stay under 40 GB."""
+    from methods import gkt as bg
+
+    torch.manual_seed(0)
+    teacher = models.ViT(10).eval().requires_grad_(False)
+    student = models.ViT(10).train()
+    hp = hp_for("gkt", type("D", (), dict(net="ViT", dataset="Cifar100", setting="fullclass")), recipe="corrected")
+    gen = bg.Generator((3, 224, 224), hp.z_dim, hp.gen_width)
+
+    def step(b):
+        x = gen(torch.randn(b, hp.z_dim))
+        return -bg.kl_div(student(x), teacher(x), 1.0)
+
+    one, two = _saved_bytes(lambda: step(1)), _saved_bytes(lambda: step(2))
+    per_image = two - one
+    n_params = sum(p.numel() for m in (teacher, student, gen) for p in m.parameters())
+    n_trained = sum(p.numel() for m in (student, gen) for p in m.parameters())
+    fixed = 4 * (n_params + 3 * n_trained)  # weights; gradients and two Adam moments of what trains
+    peak = 1.25 * (fixed + hp.batch * per_image)
+    print(f"gkt ViT: {per_image / GIB:.3f} GiB per image, batch {hp.batch}: about {peak / 1e9:.1f} GB "
+          f"(the paper's 256: {1.25 * (fixed + 256 * per_image) / 1e9:.0f} GB)")
+    assert 0.2 * GIB < per_image < 0.5 * GIB
+    assert peak <= 40e9
