@@ -129,18 +129,27 @@ def fmt(values, spec):
     return spec.format(m) if len(values) == 1 else f"{spec.format(m)} ± {s:.{spec.split('.')[1][0]}f}"
 
 
+def recipe(r):
+    """The record's -recipe (records written before it existed ran neither exactly; they count as
+    the reference's)."""
+    return r.get("recipe") or "reference"
+
+
 def label(r):
-    """The method, and for JiT its σ, η and any switch that is not the reference's."""
+    """The method, for JiT its σ, η and any switch that is not the reference's, and the recipe
+    when it is not the default."""
+    suffix = "" if recipe(r) == "reference" else f" [{recipe(r)}]"
     if r["method"] != "lipschitz_forgetting":
-        return r["method"]
+        return r["method"] + suffix
     args = r.get("args", {})
     # an unset switch (absent or null) is the reference's behaviour
     switches = [f"{k.split('_')[1]}={args[k]}" for k, v in PARITY.items() if args.get(k) not in (None, v)]
-    return "JiT " + ", ".join([f"σ={r['sigma']:g}", f"η={r['eta']:g}"] + switches)
+    return "JiT " + ", ".join([f"σ={r['sigma']:g}", f"η={r['eta']:g}"] + switches) + suffix
 
 
 def target_key(r):
-    return (r["setting"], r["dataset"], r["net"], str(r.get("forget")), r.get("seed"))
+    """Runs compared with each other (and with their retrain): the same target, seed and recipe."""
+    return (r["setting"], r["dataset"], r["net"], str(r.get("forget")), r.get("seed"), recipe(r))
 
 
 def retrain_index(records):

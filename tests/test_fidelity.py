@@ -696,3 +696,14 @@ def test_gkt_vit_peak_memory_estimate_stays_under_40_gb():
           f"(the paper's 256: {1.25 * (fixed + 256 * per_image) / 1e9:.0f} GB)")
     assert 0.2 * GIB < per_image < 0.5 * GIB
     assert peak <= 40e9
+
+
+def test_report_keeps_the_recipes_apart():
+    import report
+
+    ref = dict(setting="fullclass", dataset="Digits", net="SmallCNN", method="scrub", forget="3", seed=0,
+               recipe="reference")
+    cor = dict(ref, recipe="corrected")
+    old = {k: v for k, v in ref.items() if k != "recipe"}  # written before -recipe existed
+    assert report.label(ref) == "scrub" and report.label(cor) == "scrub [corrected]"
+    assert report.target_key(ref) != report.target_key(cor) and report.target_key(ref) == report.target_key(old)
