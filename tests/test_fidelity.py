@@ -707,3 +707,34 @@ def test_report_keeps_the_recipes_apart():
     old = {k: v for k, v in ref.items() if k != "recipe"}  # written before -recipe existed
     assert report.label(ref) == "scrub" and report.label(cor) == "scrub [corrected]"
     assert report.target_key(ref) != report.target_key(cor) and report.target_key(ref) == report.target_key(old)
+
+
+# ---- 9. what JiT's noise shares with the reference's, and what not ------------------------------
+
+def test_jit_starts_from_the_generator_reseeded_by_seed_not_the_references_consumed_state(tmp_path, monkeypatch):
+    """docs/parity.md states it: a method starts from the default generator seeded by -seed
+    (the reference's has been used by two model initialisations and its loaders by then), so
+    JiT's noise equals the reference's draws only for the same generator state."""
+    import forget_full_class_main as full
+    import registry
+
+    seen = {}
+
+    def spy(model, data, hp, device):
+        seen["state"] = torch.get_rng_state()
+        return model
+
+    monkeypatch.setitem(METHODS, "lipschitz_forgetting",
+                        registry.Method("lipschitz_forgetting", spy, METHODS["lipschitz_forgetting"].hparams,
+                                        zero_shot=True))
+    args = _args(full, ["-net", "SmallCNN", "-dataset", "Digits", "-classes", "10", "-forget_class", "3",
+                        "-method", "lipschitz_forgetting", "-seed", "7", "-relearn_max_steps", "0",
+                        "-results", str(tmp_path / "r.jsonl"), "-retrain_dir", str(tmp_path),
+                        *_weights(tmp_path, "SmallCNN", 10)])
+    flags.resolve_jit(args, full.JIT)
+    experiment.execute(experiment.prepare(args, full.SETTING, *full.task(args)), args)
+    torch.manual_seed(7)
+    assert torch.equal(seen["state"], torch.get_rng_state())
+    # the reference's state at that point: two initialisations and a loader iterator later
+    models.SmallCNN(10), models.SmallCNN(10)
+    assert not torch.equal(seen["state"], torch.get_rng_state())
