@@ -5,6 +5,7 @@ import copy
 import glob
 import hashlib
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +144,12 @@ def compare_to_retrained(model, forget_logits, exp, args, workers, device):
     if args.method in RETRAIN_METHODS:
         path = retrain_checkpoint(args, exp.setting, exp.forget, args.method)
         if not os.path.isfile(path):
-            atomic_save(model.state_dict(), path)
+            try:
+                atomic_save(model.state_dict(), path)
+            except OSError as e:  # the run's record is still written
+                print(f"warning: cannot save the retrained model to {path} ({e.strerror or e}); other runs "
+                      f"cannot compare with it", file=sys.stderr)
+                return {"RetrainCheckpoint": None}
         return {"RetrainCheckpoint": path}
     found = find_retrained(args, exp.setting, exp.forget)
     if found is None:

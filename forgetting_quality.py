@@ -138,7 +138,10 @@ def train_retrain(exp, retrain_hp, seed, path):
         check_finite(model)
     except FloatingPointError as e:  # Diverged included
         raise UserError(f"retrain seed {seed} diverged ({e}); change the retrain schedule") from None
-    atomic_save(model.state_dict(), path)
+    try:
+        atomic_save(model.state_dict(), path)
+    except OSError as e:
+        raise UserError(f"cannot save retrained model {path}: {e.strerror or e}") from None
     return time.perf_counter() - t0
 
 

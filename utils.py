@@ -5,6 +5,7 @@ torch is imported inside the functions that need it, so that modules which only 
 (report.py) import without torch installed."""
 import argparse
 import datetime
+import errno
 import fcntl
 import json
 import math
@@ -176,7 +177,8 @@ def load_weights(model, path, net, classes):
 
 def atomic_save(obj, path):
     """torch.save to a temporary file in the target folder, then rename: a crash never
-    leaves a half-written checkpoint under the final name."""
+    leaves a half-written checkpoint under the final name. A failed write (a full disk) is
+    an OSError."""
     import torch
 
     folder = os.path.dirname(os.path.abspath(path))
@@ -184,7 +186,14 @@ def atomic_save(obj, path):
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            st = os.statvfs(folder)
+            if st.f_bavail * st.f_frsize < 2 ** 20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
+            raise OSError(errno.EIO, f"writing failed ({str(e).splitlines()[0]})", path) from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -250,3 +250,65 @@ def test_pretrain_disk_full_at_a_save_is_one_line_saying_what_is_kept(tmp_path, 
     msg = str(e.value)
     assert msg.startswith(f"cannot save {tmp_path / 'm.pth'} after epoch {epoch}: No space left on device")
     assert (f"-resume {state}" in msg) == state_exists and ("nothing was saved" in msg) != state_exists
+
+
+# ---- a full disk, for real where the machine allows a tiny tmpfs ---------------------------------
+
+def test_torch_saves_failed_write_is_an_oserror(tmp_path, monkeypatch):
+    """torch.save's zip writer reports a failed write as a RuntimeError; atomic_save turns it
+    into an OSError (ENOSPC when the folder has no space left), which the callers report in
+    one line, and leaves no temporary file behind."""
+    import utils
+
+    def failing(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"x")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(OSError) as e:
+        utils.atomic_save({}, str(tmp_path / "m.pth"))
+    assert e.value.errno in (errno.EIO, errno.ENOSPC) and "unexpected pos" in str(e.value)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KB tmpfs filled to the last byte (needs root and mount; skipped elsewhere)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        fd = os.open(mnt / "fill", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_loses_no_record_and_no_pretraining_state(full_disk, tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save(SmallCNN(10).state_dict(), weights)
+    proc = run_inprocess(["forget_full_class_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
+                          "-forget_class", "3", "-method", "baseline", "-weight_path", weights,
+                          "-results", full_disk / "r.jsonl", "-retrain_dir", tmp_path / "rd", "-relearn_max_steps",
+                          "0"])
+    assert proc.returncode == 0, proc.stderr
+    assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    kept = proc.stderr.split("the record was written to ", 1)[1].split(" instead", 1)[0]
+    assert json.loads(open(kept).read())["method"] == "baseline"
+    os.remove(kept)
+
+    proc = run_inprocess(["pretrain_model.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
+                          "-epochs", "1", "-out", full_disk / "m.pth"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"cannot save {full_disk / 'm.pth'} after epoch 1: No space left on device" in proc.stderr
