@@ -109,7 +109,12 @@ def relearn_steps(model, forget_loader, forget_valid, target, max_steps, workers
 
 
 def _retrain_prefix(args, setting, forget, method):
-    return os.path.join(args.retrain_dir, f"{setting}-{args.dataset}-{args.net}-{forget}-seed{args.seed}-{method}")
+    """The retrained models of one target and seed, per method; a corrected-recipe retrain is
+    named apart (``...-seed0-corrected-retrain_full``), so no run is compared with a retrain
+    of the other recipe."""
+    recipe = getattr(args, "recipe", "reference")
+    tag = "" if recipe == "reference" else f"{recipe}-"
+    return os.path.join(args.retrain_dir, f"{setting}-{args.dataset}-{args.net}-{forget}-seed{args.seed}-{tag}{method}")
 
 
 def retrain_checkpoint(args, setting, forget, method):
