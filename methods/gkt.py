@@ -23,8 +23,9 @@ from utils import UserError, progress_bar
 #              `n_student` student steps; Adam (generator 1e-3, student 2e-3); KL + β·attention
 #              transfer, β = 250; generator width 64 (128 and 64 channels).
 #   reference: the JiT reference's gkt: the student is a copy of the model with only its Conv2d
-#              weights re-initialised (Xavier uniform); SGD lr 0.01, momentum 0.9 for both, the
-#              student's lr driven by OneCycle (max 0.1); β = 5 on every Conv2d output (its
+#              weights re-initialised (Xavier uniform); SGD, the generator at lr 0.01 and momentum
+#              0.9, the student's lr and momentum driven by OneCycle (max lr 0.1, momentum cycled
+#              between 0.85 and 0.95: OneCycle overrides what its optimiser was built with); β = 5 on every Conv2d output (its
 #              VGG16 activations) or every encoder layer (ViT); generator width 32 (its
 #              generator uses transposed convolutions; here the paper's generator at that width).
 # Common: z ~ N(0, I) of dimension 128, gate threshold 0.01 on the teacher's forget-class
@@ -44,7 +45,8 @@ class GktHP:
     pseudo_batches: int = hp(4000, "gkt number of pseudo batches", "gkt_batches", AT_LEAST_ONE)
     opt: str = hp("adam", "gkt optimiser of generator and student", "gkt_opt", choices=("adam", "sgd"))
     g_lr: float = hp(1e-3, "gkt generator learning rate", "gkt_g_lr", POSITIVE)
-    s_lr: float = hp(2e-3, "gkt student learning rate", "gkt_s_lr", POSITIVE)
+    s_lr: float = hp(2e-3, "gkt student learning rate (adam; under sgd the student's OneCycle sets the rate, "
+                     "starting at gkt_s_max_lr/25)", "gkt_s_lr", POSITIVE)
     s_max_lr: float = hp(0.1, "gkt student OneCycle peak learning rate (sgd only)", "gkt_s_max_lr", POSITIVE)
     beta: float = hp(250.0, "gkt weight β of attention transfer", "gkt_beta", NON_NEGATIVE)
     student: str = hp("fresh", "gkt student: freshly built, or a model copy with Xavier-initialised convolutions",
@@ -57,7 +59,8 @@ class GktHP:
                           "this are dropped", "gkt_threshold", POSITIVE)
     temperature: float = hp(1.0, "gkt KL temperature", "gkt_temperature", POSITIVE)
     clip: float = hp(5.0, "gkt gradient-norm clip", "gkt_clip", POSITIVE)
-    momentum: float = hp(0.9, "gkt SGD momentum (sgd only)", "gkt_momentum", NON_NEGATIVE)
+    momentum: float = hp(0.9, "gkt generator SGD momentum (sgd only; the student's OneCycle cycles its momentum "
+                         "between 0.85 and 0.95)", "gkt_momentum", NON_NEGATIVE)
     vit_forward: str = hp("reference", "gkt with ViT: the reference's forward (every encoder layer applied to the "
                           "embedding output, so the last layer alone reaches the head, for teacher, student and the "
                           "evaluation) or the full forward", "gkt_vit_forward", choices=("reference", "full"))
