@@ -183,8 +183,9 @@ def test_random_run_forgets_the_requested_fraction(other_runs):
     assert not RECORD_KEYS - set(rec)
     assert len(datasets.load_dataset("Digits", train=True)) == 1437
     assert rec["setting"] == "random"
-    assert rec["n_forget"] == int(1437 * 0.05) == 71
-    assert rec["n_retain"] == 1437 - 71
+    # random_split's arithmetic, as the reference: floor(71.85) plus the image rounding leaves over
+    assert rec["n_forget"] == 72
+    assert rec["n_retain"] == 1437 - 72
 
 
 @pytest.mark.parametrize("run, main", [("sub", forget_sub_class_main), ("random", forget_random_main)])
