@@ -7,6 +7,7 @@ relearn loop of a model that has to relearn, the divergence message and the name
 retrained checkpoints went unchecked. The data here are plain tensors (helpers.Triples) and the
 models tiny, with every expected value written out by hand.
 """
+import errno
 import hashlib
 import json
 import math
@@ -439,6 +440,23 @@ def test_a_retrain_run_returns_the_checkpoint_it_saved(tmp_path):
     assert os.path.basename(path).startswith("fullclass-Digits-Lin-3-seed0-retrain_full-")
     saved = torch.load(path, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_retrain_run_that_cannot_save_its_model_warns_and_returns_no_checkpoint(tmp_path, monkeypatch, capsys):
+    """A full disk at the retrained model's save: one warning on stderr naming the path and the
+    cause, and the record gets RetrainCheckpoint None (the run's record is still written)."""
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(evaluation, "atomic_save", full)
+    args = retrain_args(tmp_path)
+    got = evaluation.compare_to_retrained(nn.Linear(4, 3), None, lin_exp(torch.zeros(2, 4)), args, 0, CPU)
+    path = evaluation.retrain_checkpoint(args, "fullclass", "3", "retrain_full")
+    assert got == {"RetrainCheckpoint": None}
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"warning: cannot save the retrained model to {path} (No space left on device); other runs "
+                   f"cannot compare with it\n")
 
 
 def test_compare_to_retrained_against_the_hand_computed_divergences(tmp_path):
