@@ -35,7 +35,8 @@ class DataHP:
     -recipe corrected; each flag overrides one choice."""
     importance_order: str = hp(
         "shuffled", "SSD/LF-SSD importance batches over the training set: shuffled (a permutation seeded by "
-        "-seed), grouped (retained images grouped by fine class, then the forgotten ones) or retain_forget "
+        "-seed), grouped (retained images grouped by class, fine class if the data set has one, then the "
+        "forgotten ones) or retain_forget "
         "(retained in split order, then forgotten)", "importance_order",
         choices=("shuffled", "grouped", "retain_forget"))
     retain_test_order: str = hp(
