@@ -41,13 +41,13 @@ def reference_schedule(optimizer, steps_per_epoch, milestones, gamma):
     at global batch t, T batches per epoch) is stepped through epochs 0 and 1, so epoch 1
     rises to about twice the base rate; from epoch 2 on, MultiStepLR.step(epoch) sets
     lr·gamma^(number of milestones <= epoch)."""
-    T = steps_per_epoch
+    T, milestones = steps_per_epoch, sorted(milestones)
 
     def factor(t):
         epoch = t // T
         if epoch <= 1:
             return t / (T + 1e-8)
-        return gamma ** bisect.bisect_right(sorted(milestones), epoch)
+        return gamma ** bisect.bisect_right(milestones, epoch)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -24,7 +24,7 @@ def base_parser(description, batch_size=128, with_method=True, jit_table=None):
     p.add_argument("-lr", type=float_above(0), default=0.1, help="accepted for parity with the reference (unused here)")
     if with_method:
         p.add_argument("-method", required=True, choices=list(METHODS), help="unlearning method")
-    p.add_argument("-recipe", default="reference", choices=RECIPES,
+    p.add_argument("-recipe", default=hparams.RECIPES[0], choices=hparams.RECIPES,
                    help="reference: every method and the data pipeline as the reference code runs them, defects "
                         "included (its command lines give its numbers); corrected: each method as its paper "
                         "describes it. Single choices can be overridden by their own flags; docs/parity.md lists "
@@ -54,9 +54,6 @@ def base_parser(description, batch_size=128, with_method=True, jit_table=None):
             users = ", ".join(n for n, o in METHODS.items() if o.hparams is m.hparams)
             hparams.add_flags(p, m.hparams, m.overrides or hparams.Overrides(), group=users)
     return p
-
-
-RECIPES = ("reference", "corrected")
 
 
 def context(args, setting):

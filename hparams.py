@@ -14,6 +14,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
+# -recipe: the reference code's behaviour (the default) or each method as its paper describes it.
+# Override rows may condition on it like on net, dataset or setting.
+RECIPES = ("reference", "corrected")
+
 
 class InvalidValue(ValueError):
     """A hyperparameter outside its valid range (the mains turn it into a one-line error)."""

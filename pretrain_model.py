@@ -120,7 +120,7 @@ def parse_args(argv=None):
                    help="ViT starting weights: a Hugging Face hub name (in the local cache) or a local directory")
     p.add_argument("-workers", type=int_in(0), default=None,
                    help="data-loader workers per process, an integer >= 0 (default: 0 on CPU, 4 on GPU)")
-    p.add_argument("-recipe", default="reference", choices=("reference", "corrected"),
+    p.add_argument("-recipe", default=hparams.RECIPES[0], choices=hparams.RECIPES,
                    help="reference: the reference's data pipeline (Pins: train and test on the whole folder); "
                         "corrected: Pins with a held-out 80/20 split per person")
     hparams.add_flags(p, datasets.DataHP, datasets.DATA_OVERRIDES, group="data pipeline",
