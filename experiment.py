@@ -34,7 +34,7 @@ MIN_RETAIN = 10
 @dataclass(frozen=True)
 class Task:
     """What one forget_*_main.py declares: its setting, its -b default, its JiT table
-    ({net: dict(sigma, eta, n_samples), 'default': ...}), its own flags and how it splits.
+    ({net: dict(sigma, eta, n_samples)}; other nets take VGG16's row), its own flags and how it splits.
     ``split(args) -> (number of model classes, forget label id or None, split function)``,
     the split function mapping (train, test, data pipeline choices, generator function) to
     datasets.split_*'s dict (see ``prepare``)."""

@@ -11,9 +11,6 @@ from utils import UserError
 # learning_rate) and N perturbations per sample; other nets take VGG16's row. Edit them here,
 # or pass -sigma/-eta/-n_samples for one run.
 JIT = {"VGG16": dict(sigma=0.01, eta=3e-4, n_samples=25), "ViT": dict(sigma=0.5, eta=0.1, n_samples=25)}
-JIT["default"] = JIT["VGG16"]
-
-SETTING, BATCH = "random", 128
 
 
 def add_task_args(p):
@@ -29,7 +26,7 @@ def task(args):
     return args.classes, None, lambda tr, te, _, generator: datasets.split_random(tr, te, args.forget_perc, generator())
 
 
-TASK = Task(SETTING, BATCH, JIT, add_task_args, task, __doc__.splitlines()[0])
+TASK = Task("random", batch=128, jit=JIT, add_args=add_task_args, split=task, description=__doc__.splitlines()[0])
 
 if __name__ == "__main__":
     main(TASK)

@@ -11,9 +11,6 @@ from utils import UserError
 # learning_rate) and N perturbations per sample; other nets take VGG16's row. Edit them here,
 # or pass -sigma/-eta/-n_samples for one run.
 JIT = {"VGG16": dict(sigma=0.01, eta=3e-4, n_samples=25), "ViT": dict(sigma=1.5, eta=0.5, n_samples=25)}
-JIT["default"] = JIT["VGG16"]
-
-SETTING, BATCH = "subclass", 64
 
 
 def add_task_args(p):
@@ -31,7 +28,7 @@ def task(args):
     return args.superclasses, cls, lambda tr, te, pipe, _: datasets.split_sub_class(tr, te, cls, pipe.retain_test_order == "grouped")
 
 
-TASK = Task(SETTING, BATCH, JIT, add_task_args, task, __doc__.splitlines()[0])
+TASK = Task("subclass", batch=64, jit=JIT, add_args=add_task_args, split=task, description=__doc__.splitlines()[0])
 
 if __name__ == "__main__":
     main(TASK)

@@ -28,7 +28,7 @@ from records import run_identity
 from report import retrain_index, target_key
 from utils import Parser, UserError, check_results_path, check_writable, cli, read_records
 
-MAINS = {m.SETTING: m for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
+TASKS = {m.TASK.setting: m.TASK for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
 SWITCHES = ("jit_grad", "jit_reduction", "jit_mode")
 # Flags of the sweep command, not of any one point: left out of each point's arguments, so a
 # point is the same run whatever grid or plot it was asked for in (and the same run as a
@@ -70,12 +70,12 @@ def find_point(records, setting, args):
 
 def parse_args(argv):
     pre = Parser(add_help=False)
-    pre.add_argument("-setting", default="fullclass", choices=list(MAINS))
+    pre.add_argument("-setting", default="fullclass", choices=list(TASKS))
     known, _ = pre.parse_known_args(argv)
-    main = MAINS[known.setting]
-    p = base_parser(__doc__.splitlines()[0], batch_size=main.BATCH, with_method=False)
-    p.add_argument("-setting", default="fullclass", choices=list(MAINS), help="which forget_*_main.py task")
-    main.add_task_args(p)
+    task = TASKS[known.setting]
+    p = base_parser(__doc__.splitlines()[0], batch_size=task.batch, with_method=False)
+    p.add_argument("-setting", default="fullclass", choices=list(TASKS), help="which forget_*_main.py task")
+    task.add_args(p)
     p.add_argument("-sigmas", required=True, help="comma-separated σ values, each a finite number > 0")
     p.add_argument("-etas", required=True, help="comma-separated η values, each a finite number > 0")
     p.add_argument("-all_switches", action="store_true",
@@ -83,7 +83,7 @@ def parse_args(argv):
     p.add_argument("-plot", default="results/sweep.png", help="where to write the frontier plot (PNG)")
     args = p.parse_args(argv)
     args.method = "lipschitz_forgetting"
-    return main, args
+    return task, args
 
 
 def criterion(retrain_df):
@@ -147,13 +147,13 @@ def plot(points, baseline, retrain, path, title):
 
 
 def main(argv=None):
-    main_module, args = parse_args(sys.argv[1:] if argv is None else argv)
+    task, args = parse_args(sys.argv[1:] if argv is None else argv)
     sigmas, etas = float_list(args.sigmas, "-sigmas"), float_list(args.etas, "-etas")
-    jit = resolve_jit(args, main_module.JIT)
+    jit = resolve_jit(args, task.jit)
     check_results_path(args.results)
     check_writable(args.plot, "-plot")
-    setting = main_module.SETTING
-    exp = prepare(args, setting, *main_module.task(args))
+    setting = task.setting
+    exp = prepare(args, setting, *task.split(args))
     initial = copy.deepcopy(exp.model.state_dict())
     base = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in SWEEP_ONLY})
 

@@ -27,11 +27,16 @@ class JitHP:
     chunk: int = hp(DEFAULT_CHUNK, "most perturbed images in one JiT forward", "jit_chunk", AT_LEAST_ONE)
 
 
+# A net without a row in a main's JIT table takes this net's row.
+DEFAULT_NET = "VGG16"
+
+
 def table_overrides(table):
-    """A main's JIT table ({net: dict(sigma, eta, n_samples), 'default': ...}) as override rows."""
+    """A main's JIT table ({net: dict(sigma, eta, n_samples)}, with a row for DEFAULT_NET) as
+    override rows: DEFAULT_NET's row for every run, then each net's own."""
     from hparams import Overrides
 
-    rows = [({}, table["default"])] + [(dict(net=k), v) for k, v in table.items() if k != "default"]
+    rows = [({}, table[DEFAULT_NET])] + [(dict(net=k), v) for k, v in table.items()]
     return Overrides(tuple(rows) + VIT_CHUNK)
 
 

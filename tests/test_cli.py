@@ -109,7 +109,7 @@ def test_jit_hyperparameters_default_to_the_main_table(full_runs):
     proc, results = full_runs["jit"]
     assert proc.returncode == 0, describe(proc)
     rec = only_record(results)
-    top = forget_full_class_main.JIT["default"]  # SmallCNN has no row of its own
+    top = forget_full_class_main.JIT["VGG16"]  # SmallCNN has no row of its own: VGG16's applies
     assert "SmallCNN" not in forget_full_class_main.JIT
     assert (rec["sigma"], rec["eta"], rec["n_samples"]) == (top["sigma"], top["eta"], top["n_samples"])
 
@@ -193,7 +193,7 @@ def test_jit_defaults_come_from_each_main_table(other_runs, run, main):
     proc, results = other_runs[run]
     assert proc.returncode == 0, describe(proc)
     rec = only_record(results)
-    top = main.JIT["default"]
+    top = main.JIT["VGG16"]
     assert (rec["sigma"], rec["eta"], rec["n_samples"]) == (top["sigma"], top["eta"], top["n_samples"])
 
 

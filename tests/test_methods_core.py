@@ -67,7 +67,7 @@ def test_the_core_hands_zero_shot_methods_no_retain_data(monkeypatch, smallcnn_c
                          "-results", str(tmp_path / "r.jsonl"), "-relearn_max_steps", "0",
                          "-retrain_dir", str(tmp_path)])
     flags.resolve_jit(args, main.JIT)
-    execute(experiment.prepare(args, main.SETTING, *main.task(args)), args)
+    execute(experiment.prepare(args, main.TASK.setting, *main.task(args)), args)
     data = seen["data"]
     assert data.retain_train is None and data.full_train is None
     assert len(data.forget_train.dataset) > 0
