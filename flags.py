@@ -1,5 +1,6 @@
 """The command line of the forget mains: the shared flags, every method's hyperparameter flags
 (generated from their declarations), and resolving a run's hyperparameters from them."""
+import dataclasses
 import os
 
 import datasets
@@ -47,12 +48,16 @@ def base_parser(description, batch_size=128, with_method=True, jit_table=None):
     hparams.add_flags(p, datasets.DataHP, datasets.DATA_OVERRIDES, group="data pipeline")
     jit_rows = table_overrides(jit_table) if jit_table else hparams.Overrides()
     hparams.add_flags(p, JitHP, jit_rows, group="lipschitz_forgetting (JiT)")
-    seen = {JitHP}
+    # A class shared by several methods (ssd_tuning, lfssd_tuning) gives its flags once, and so
+    # does a field inherited by several classes (UNSIR's and emmn's learnt noise): the first
+    # method's group holds it.
+    seen, added = {JitHP}, set()
     for m in METHODS.values():
         if m.hparams is not None and m.hparams not in seen:
             seen.add(m.hparams)
             users = ", ".join(n for n, o in METHODS.items() if o.hparams is m.hparams)
-            hparams.add_flags(p, m.hparams, m.overrides or hparams.Overrides(), group=users)
+            hparams.add_flags(p, m.hparams, m.overrides or hparams.Overrides(), group=users, skip=added)
+            added |= {f.metadata["flag"] for f in dataclasses.fields(m.hparams)}
     return p
 
 

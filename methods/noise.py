@@ -20,55 +20,58 @@ NOISE_IMAGES = ("reference", "full")
 # ---- hyperparameters (the reference's values) --------------------------------------------------
 
 @dataclass(frozen=True)
-class UnsirHP:
-    """A batch of noise images learnt by Adam on −CE(model(noise), forget class) + l2·mean_b ‖noise_b‖²;
-    impair on ``noise_repeats`` copies of it mixed with the first ``per_class`` retain samples of
-    each class (fine classes in sub-class, as the reference); repair on those retain samples."""
+class LearntNoiseHP:
+    """What UNSIR and emmn share: noise images learnt by Adam (the error-maximising ones with a
+    penalty on their squared norm), then trained on in ``noise_repeats`` copies. Each of these
+    flags serves both methods (a run runs one of them)."""
+    noise_lr: float = hp(0.1, "UNSIR and emmn: Adam learning rate of the learnt noise", "noise_lr", POSITIVE)
+    l2: float = hp(0.1, "UNSIR and emmn: weight l2 of the error-maximising noise's penalty l2·mean_b ‖noise_b‖²",
+                   "noise_l2", NON_NEGATIVE)
+    noise_repeats: int = hp(80, "UNSIR and emmn: copies of the learnt noise trained on", "noise_repeats",
+                            AT_LEAST_ONE)
+    images: str = hp("reference", "UNSIR and emmn: train on the first C images of each learnt noise batch, C = "
+                     "channels (reference: its indexing defect keeps 3 images) or on the whole batch (full, as the "
+                     "papers)", "noise_images", choices=NOISE_IMAGES)
+
+
+LEARNT_NOISE_ROWS = ((dict(recipe="corrected"), dict(images="full")),)
+
+
+@dataclass(frozen=True)
+class UnsirHP(LearntNoiseHP):
+    """One batch of error-maximising noise for the forget class; impair on its copies mixed with
+    the first ``per_class`` retain samples of each class (fine classes in sub-class, as the
+    reference); repair on those retain samples alone."""
     noise_batch: int = hp(32, "UNSIR noise images learnt (the reference's fixed size, not -b)", "unsir_noise_size",
                           AT_LEAST_ONE)
     noise_steps: int = hp(25, "UNSIR Adam steps learning the noise", "unsir_noise_steps", AT_LEAST_ONE)
-    noise_lr: float = hp(0.1, "UNSIR noise Adam learning rate", "unsir_noise_lr", POSITIVE)
-    l2: float = hp(0.1, "UNSIR weight of the noise's squared norm", "unsir_l2", NON_NEGATIVE)
-    noise_repeats: int = hp(80, "UNSIR copies of the noise in the impair set", "unsir_noise_repeats", AT_LEAST_ONE)
     per_class: int = hp(500, "UNSIR retain samples per class", "unsir_per_class", AT_LEAST_ONE)
     impair_batch: int = hp(32, "UNSIR impair batch", "unsir_impair_batch", AT_LEAST_ONE)
     impair_lr: float = hp(1e-4, "UNSIR impair Adam learning rate", "unsir_impair_lr", POSITIVE)
     repair_batch: int = hp(128, "UNSIR repair batch", "unsir_repair_batch", AT_LEAST_ONE)
     repair_lr: float = hp(1e-4, "UNSIR repair Adam learning rate", "unsir_repair_lr", POSITIVE)
-    images: str = hp("reference", "UNSIR: train on the first C images of the learnt noise batch only, C = "
-                     "channels (reference: its indexing defect keeps 3 images) or on the whole batch (full, as the "
-                     "paper)",
-                     "unsir_noise_batch", choices=NOISE_IMAGES)
 
 
-UNSIR_OVERRIDES = Overrides((
-    (dict(setting="subclass"), dict(noise_steps=250)),  # its sub-class script
-    (dict(recipe="corrected"), dict(images="full")),
-))
+UNSIR_OVERRIDES = Overrides(((dict(setting="subclass"), dict(noise_steps=250)),  # its sub-class script
+                             *LEARNT_NOISE_ROWS))
 
 
 @dataclass(frozen=True)
-class EmmnHP:
-    """For every class a batch of noise images learnt by Adam: error-maximising for the forget
-    class (−CE + l2·mean_b ‖noise_b‖²), error-minimising for each other class (CE alone); then
-    ``epochs`` of Adam on ``noise_repeats`` copies of all of them, each labelled with its class."""
+class EmmnHP(LearntNoiseHP):
+    """For every class a batch of noise images: error-maximising for the forget class,
+    error-minimising (cross-entropy alone) for each other class; then ``epochs`` of Adam on
+    copies of all of them, each labelled with its class."""
     noise_batch: int = hp(4, "emmn noise images per class", "emmn_noise_size", AT_LEAST_ONE)
     max_steps: int = hp(25, "emmn steps of the forget class's error-maximising noise", "emmn_max_steps",
                         AT_LEAST_ONE)
     min_steps: int = hp(30, "emmn steps of each other class's error-minimising noise", "emmn_min_steps",
                         AT_LEAST_ONE)
-    noise_lr: float = hp(0.1, "emmn noise Adam learning rate", "emmn_noise_lr", POSITIVE)
-    l2: float = hp(0.1, "emmn weight of the maximising noise's squared norm", "emmn_l2", NON_NEGATIVE)
-    noise_repeats: int = hp(80, "emmn copies of the noise trained on", "emmn_noise_repeats", AT_LEAST_ONE)
     batch: int = hp(4, "emmn training batch", "emmn_batch", AT_LEAST_ONE)
     lr: float = hp(1e-4, "emmn training Adam learning rate", "emmn_lr", POSITIVE)
     epochs: int = hp(2, "emmn training epochs", "emmn_epochs", AT_LEAST_ONE)
-    images: str = hp("reference", "emmn: train on the first C of each class's learnt noise images, C = channels "
-                     "(reference: the same indexing defect as UNSIR's) or on every one (full)",
-                     "emmn_noise_batch", choices=NOISE_IMAGES)
 
 
-EMMN_OVERRIDES = Overrides(((dict(recipe="corrected"), dict(images="full")),))
+EMMN_OVERRIDES = Overrides(LEARNT_NOISE_ROWS)
 
 
 # ---- data helpers ---------------------------------------------------------------------------
@@ -199,16 +202,17 @@ def noise_images(noise, mode):
 def unsir(model, data, hp, device):
     """UNSIR (Tarun et al. 2023): impair with learnt error-maximising noise, then repair.
 
-    - Noise: one batch of UNSIR["noise_batch"] = 32 images (the reference's fixed size, not
-      -b), Adam lr 0.1 on −CE(model(noise), forget label) + 0.1·mean_b ‖noise_b‖², 25 steps
-      (250 in sub-class, as the reference's sub-class script).
-    - Impair: 1 epoch of cross-entropy, Adam 1e-4, batch 32, on 80 copies of the noise
-      (labelled with the forget class) mixed with the first 500 retain samples of each class.
-    - Repair: 1 epoch, a fresh Adam 1e-4, batch 128, on those retain samples alone.
+    - Noise: one batch of ``noise_batch`` images (a fixed size, not -b), ``noise_steps`` Adam
+      steps on −CE(model(noise), forget label) + l2·mean_b ‖noise_b‖² (more steps in sub-class,
+      as the reference's sub-class script).
+    - Impair: one epoch of cross-entropy with Adam on ``noise_repeats`` copies of the noise
+      (labelled with the forget class) mixed with the first ``per_class`` retain samples of
+      each class.
+    - Repair: one epoch with a fresh Adam on those retain samples alone.
     - Sub-class: the noise carries the coarse label of the forgotten fine class; the retain
       subset is taken per fine class (as the reference).
-    - Parity: -unsir_noise_batch reference trains on the first 3 noise images only (the
-      reference's indexing defect); the default uses the whole batch.
+    - Parity: ``images`` reference trains on the first 3 noise images only (the reference's
+      indexing defect), full on the whole batch (the corrected recipe).
     - Not replicated: the reference learns the noise with the model in train mode and lets the
       noise steps' gradients accumulate in the model; here eval mode and noise-only gradients.
     """
@@ -230,16 +234,16 @@ def unsir(model, data, hp, device):
 def emmn(model, data, hp, device):
     """Error-minimising/-maximising noise (zero-shot; the reference's emmn).
 
-    - Forget class: an error-maximising noise batch, Adam lr 0.1, 25 steps on
-      −CE(model(noise), forget class) + 0.1·mean_b ‖noise_b‖².
-    - Every other class k: an error-minimising noise batch, Adam lr 0.1, 30 steps on
-      CE(model(noise), k) alone. Four images per class; labels are the model's own classes.
-    - Then 2 epochs of cross-entropy (one Adam, lr 1e-4, batch 4) on 80 copies of all noise
+    - Forget class: ``noise_batch`` error-maximising noise images, ``max_steps`` Adam steps on
+      −CE(model(noise), forget class) + l2·mean_b ‖noise_b‖².
+    - Every other class k: ``noise_batch`` error-minimising images, ``min_steps`` Adam steps on
+      CE(model(noise), k) alone; labels are the model's own classes.
+    - Then ``epochs`` of cross-entropy (one Adam) on ``noise_repeats`` copies of all noise
       images, each labelled with its class. No real image is ever used (data.retain_train is
       None; the forget loader only gives the input shape).
     - Full class only: in sub-class forgetting the forgotten fine class is no model output.
-    - Parity: -emmn_noise_batch reference keeps the first 3 images of each class's batch (the
-      reference's indexing defect); the default keeps all.
+    - Parity: ``images`` reference keeps the first 3 images of each class's batch (the
+      reference's indexing defect), full keeps all (the corrected recipe).
     """
     forget = full_class_only(data, "emmn")
     shape = input_shape(data.forget_train)

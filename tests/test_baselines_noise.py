@@ -124,7 +124,7 @@ def test_unsir_impairs_on_the_noise_batch_plus_retain_then_repairs(monkeypatch, 
     mode) labelled with the forget class, plus the retain subset; repair: the retain subset alone."""
     calls = _record_training(monkeypatch)
     data = make_data()
-    bn.unsir(make_net(), data, hp_for("UNSIR", data, unsir_noise_batch=mode), torch.device("cpu"))
+    bn.unsir(make_net(), data, hp_for("UNSIR", data, noise_images=mode), torch.device("cpu"))
     impair, repair = calls
     noise, retain = impair.datasets
     assert len(noise.images) == expected and set(noise.labels) == {0}
@@ -150,7 +150,7 @@ def test_emmn_needs_no_retain_data_and_trains_on_labelled_noise(monkeypatch):
     calls = _record_training(monkeypatch)
     data = make_data(retain=False)
     assert data.retain_train is None and data.full_train is None
-    bn.emmn(make_net(), data, hp_for("emmn", data, emmn_noise_batch="full"), torch.device("cpu"))
+    bn.emmn(make_net(), data, hp_for("emmn", data, noise_images="full"), torch.device("cpu"))
     ds = calls[0]
     assert len(calls) == bn.EmmnHP.epochs and all(c is ds for c in calls)
     assert isinstance(ds, bn._Repeated)
@@ -163,7 +163,7 @@ def test_emmn_changes_the_model(monkeypatch):
     model = make_net()
     before = [p.clone() for p in model.parameters()]
     data = make_data(retain=False)
-    out = bn.emmn(model, data, hp_for("emmn", data, emmn_noise_repeats=2), torch.device("cpu"))
+    out = bn.emmn(model, data, hp_for("emmn", data, noise_repeats=2), torch.device("cpu"))
     assert out is model and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -327,7 +327,7 @@ def _full(method, ckpt, results, *extra):
 def test_full_class_end_to_end(method, extra, smallcnn_ckpt, tmp_path, monkeypatch):
     # Shorter than shipped: fewer emmn noise copies. The fixture's 2-epoch teacher gives every
     # noise image ~10% on each class, so gkt's 0.01 gate would drop them all: loosen it here.
-    extra = (*extra, "-emmn_noise_repeats", "10", "-gkt_threshold", "0.5")
+    extra = (*extra, "-noise_repeats", "10", "-gkt_threshold", "0.5")
     proc = run_inprocess(_full(method, smallcnn_ckpt, tmp_path / "r.jsonl", *extra))
     assert proc.returncode == 0, describe(proc)
     rec = _record(tmp_path / "r.jsonl")

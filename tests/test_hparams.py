@@ -69,6 +69,9 @@ def test_flags_are_generated_with_the_resolved_defaults_in_their_help():
 
 
 def test_every_method_flag_is_unique_and_every_default_is_valid():
+    """A flag names one declaration: two classes may share it only by inheriting the same field
+    (UNSIR's and emmn's learnt noise), and then their tables must give it the same values, since
+    -h prints one of them."""
     from methods import METHODS
 
     owner = {}
@@ -79,7 +82,10 @@ def test_every_method_flag_is_unique_and_every_default_is_valid():
         for f in dataclasses.fields(m.hparams):
             flag = f.metadata["flag"]
             if flag is not None:
-                assert owner.setdefault(flag, m.hparams) is m.hparams, f"-{flag} declared by two classes"
+                told = hparams._describe(m.hparams, m.overrides or Overrides(), f.name)
+                first, first_told = owner.setdefault(flag, (f, told))
+                assert first is f, f"-{flag} declared twice"
+                assert first_told == told, f"-{flag}: {first_told!r} in one table, {told!r} in another"
         for when, changes in (m.overrides or Overrides()).rows:
             assert set(changes) <= {f.name for f in dataclasses.fields(m.hparams)}, (name, changes)
 

@@ -193,7 +193,7 @@ def test_unsir_noise_is_error_maximising_for_the_forget_label(monkeypatch, setti
     model = confident_linear()
     reference = copy.deepcopy(model)
     data = noise_data(setting)
-    hp = hp_for("UNSIR", data, unsir_noise_batch=mode)
+    hp = hp_for("UNSIR", data, noise_images=mode)
     assert (hp.noise_batch, hp.noise_steps, hp.noise_lr, hp.l2) == (32, 250 if setting == "subclass" else 25, 0.1, 0.1)
     torch.manual_seed(5)
     unsir(model, data, hp, CPU)
@@ -221,7 +221,7 @@ def test_emmn_noise_maximises_the_forget_loss_and_minimises_every_other_class_lo
     reference = copy.deepcopy(model)
     data = noise_data(retain=False)
     data.forget_class = 1  # not the first class, so the draw order is visible
-    hp = hp_for("emmn", data, emmn_noise_batch=mode)
+    hp = hp_for("emmn", data, noise_images=mode)
     assert (hp.max_steps, hp.min_steps, hp.noise_lr, hp.l2) == (25, 30, 0.1, 0.1)
     torch.manual_seed(7)
     emmn(model, data, hp, CPU)
