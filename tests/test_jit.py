@@ -4,8 +4,9 @@ import copy
 
 import pytest
 import torch
+from helpers import Triples
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import Lipschitz
 
@@ -15,19 +16,6 @@ N = 5
 BATCH = 8
 
 
-class TripleDataset(Dataset):
-    """Yields (image, empty fine label, model label) like the project's data sets."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], torch.tensor([]), self.y[i]
-
-
 def make_loader(n_items=3 * BATCH + 5, batch_size=BATCH):
     # CIFAR-shaped inputs (3x32x32): every batch's element count is a multiple of 16, so one
     # (N, B, C, H, W) noise draw equals N successive (B, C, H, W) draws, bit for bit on the CPU.
@@ -35,7 +23,7 @@ def make_loader(n_items=3 * BATCH + 5, batch_size=BATCH):
     g = torch.Generator().manual_seed(1234)
     x = torch.randn(n_items, 3, 32, 32, generator=g)
     y = torch.randint(0, 5, (n_items,), generator=g)
-    return DataLoader(TripleDataset(x, y), batch_size=batch_size, shuffle=False)
+    return DataLoader(Triples(x, y), batch_size=batch_size, shuffle=False)
 
 
 def tiny_conv(dropout=False, batchnorm=False):

@@ -4,27 +4,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import identity_linear
+from helpers import Triples, identity_linear
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import metrics
 
 
-class TripleDataset(Dataset):
-    def __init__(self, x, y=None):
-        self.x = x
-        self.y = torch.zeros(len(x), dtype=torch.long) if y is None else y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], torch.tensor([]), self.y[i]
-
-
 def loader(x, y=None, batch_size=2):
-    return DataLoader(TripleDataset(x, y), batch_size=batch_size, shuffle=False)
+    y = torch.zeros(len(x), dtype=torch.long) if y is None else y
+    return DataLoader(Triples(x, y), batch_size=batch_size, shuffle=False)
 
 
 def fixed_linear(weight, bias):

@@ -3,7 +3,8 @@ import copy
 
 import pytest
 import torch
-from test_jit import ETA, SIGMA, TripleDataset, make_loader, oracle_jit, tiny_conv
+from helpers import Triples
+from test_jit import ETA, SIGMA, make_loader, oracle_jit, tiny_conv
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 import Lipschitz
@@ -43,7 +44,7 @@ def test_loader_without_batch_size_and_cpu_noise():
     # A loader built from a batch sampler has batch_size None; its batches are the same.
     model, plain = tiny_conv(), make_loader(13, 5)
     sampled = DataLoader(plain.dataset, batch_sampler=BatchSampler(SequentialSampler(plain.dataset), 5, False))
-    assert sampled.batch_size is None and isinstance(plain.dataset, TripleDataset)
+    assert sampled.batch_size is None and isinstance(plain.dataset, Triples)
     want = run(model, plain, n_samples=3).state_dict()
     torch.testing.assert_close(run(model, sampled, n_samples=3).state_dict(), want, rtol=1e-5, atol=1e-7)
     # On the CPU the reference's CPU draw is the same draw.
