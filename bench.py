@@ -3,6 +3,7 @@ data with randomly initialised VGG16 (32×32) and ViT-B/16 (224×224).
 
 python bench.py --device cuda [--amp]          # full sizes: 500 forget images, 60,000 evaluated
 python bench.py --device cpu --sizes small     # a small CPU machine
+python bench.py --device cpu --sizes smoke     # every figure once, as fast as it runs (the tests)
 Prints one JSON line per figure: seconds, images/s, peak GPU and host memory. Figures:
 forward_limit (plain batched forward, no data loading), jit (JiT on the forget images, N=25,
 batch 128), eval (accuracy, MIA and ZRF over train + test through the real data path), e2e
@@ -31,6 +32,9 @@ SIZES = {  # per net: forget images, N, train images, test images, batch-size-1 
     "full": {"VGG16": dict(forget=500, n=25, train=50000, test=10000, bs1=2000, fwd_batch=1024, fwd_iters=20),
              "ViT": dict(forget=500, n=25, train=50000, test=10000, bs1=200, fwd_batch=256, fwd_iters=5)},
     "small": {"VGG16": dict(forget=32, n=4, train=900, test=100, bs1=100, fwd_batch=128, fwd_iters=2),
+              "ViT": dict(forget=2, n=1, train=6, test=2, bs1=2, fwd_batch=2, fwd_iters=1)},
+    # every figure once at the least size that runs its code (the test suite's smoke test)
+    "smoke": {"VGG16": dict(forget=4, n=2, train=40, test=10, bs1=4, fwd_batch=4, fwd_iters=1),
               "ViT": dict(forget=2, n=1, train=6, test=2, bs1=2, fwd_batch=2, fwd_iters=1)},
 }
 

@@ -1,4 +1,4 @@
-"""bench.py as a smoke test: it runs on the CPU at small sizes and prints one JSON line per
+"""bench.py as a smoke test: it runs on the CPU at its smoke sizes and prints one JSON line per
 figure (timings are measured by hand, never asserted here)."""
 import json
 import subprocess
@@ -8,8 +8,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_bench_small_cpu_prints_every_figure_for_both_models():
-    proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes", "small"], cwd=REPO,
+def test_bench_smoke_cpu_prints_every_figure_for_both_models():
+    proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes", "smoke"], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
