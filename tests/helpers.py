@@ -56,9 +56,10 @@ def run_script(args, timeout=SCRIPT_TIMEOUT):
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def run_scripts(arg_lists, parallel=1, timeout=SCRIPT_TIMEOUT):
-    """Run several independent scripts, ``parallel`` at a time; results in input order.
-    (On a 2-core machine running them side by side is no faster: torch already uses both.)"""
+def run_scripts(arg_lists, parallel=2, timeout=SCRIPT_TIMEOUT):
+    """Run several independent scripts, ``parallel`` at a time; results in input order. Two at
+    a time suits the 2-core machine: a small run spends most of its time importing (torch,
+    sklearn, dynamo on the first optimizer), on one core."""
     if parallel <= 1:
         return [run_script(a, timeout) for a in arg_lists]
     with ThreadPoolExecutor(max_workers=parallel) as pool:

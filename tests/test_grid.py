@@ -239,7 +239,8 @@ def test_a_signal_stops_the_runs_in_flight(tmp_path, signum):
 @pytest.mark.slow
 def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp_path):
     results = tmp_path / "r.jsonl"
-    env = _env(RESULTS=results, EXTRA_ARGS=f"-epochs 1 -relearn_max_steps 0 -retrain_dir {tmp_path / 'retrained'}")
+    env = _env(RESULTS=results,
+               EXTRA_ARGS=f"-epochs 1 -n_samples 2 -relearn_max_steps 0 -retrain_dir {tmp_path / 'retrained'}")
     cmd = _grid_cmd(_grid_file(tmp_path), "cpu,cpu", "0", smallcnn_ckpt)
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -310,7 +311,7 @@ def test_a_wrapper_resumes_and_records_each_run_once(tmp_path):
     from models import VGG16
     from tools.fake_cifar import write_cifar
 
-    write_cifar(tmp_path, "cifar10", train_per_class=100, test_per_class=5)  # 1,000: forget_perc picks two
+    write_cifar(tmp_path, "cifar10", train_per_class=20, test_per_class=5)  # 200: forget_perc picks one
     torch.manual_seed(0)
     torch.save(VGG16(10).state_dict(), tmp_path / "vgg16.pth")
     results = tmp_path / "r.jsonl"
@@ -327,8 +328,8 @@ def test_a_wrapper_resumes_and_records_each_run_once(tmp_path):
     assert "skip:" in second.stdout and "== [2/2] done: lipschitz_forgetting -forget_perc 0.00165 on cpu" in second.stdout
     records = _records(results)
     assert sorted(r["method"] for r in records) == ["baseline", "lipschitz_forgetting"]
-    # random_split's count: floor(1.65) plus the image rounding leaves over
-    assert all(r["net"] == "VGG16" and r["dataset"] == "Cifar10" and r["n_forget"] == 2 for r in records)
+    # random_split's count: floor(0.33) plus the image rounding leaves over
+    assert all(r["net"] == "VGG16" and r["dataset"] == "Cifar10" and r["n_forget"] == 1 for r in records)
     assert all(r["forget"] == 0.00165 and r["seed"] == 0 for r in records)
 
 
