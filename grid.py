@@ -10,6 +10,7 @@ is one call of a forget_*_main.py. The retrain runs go first and finish before t
 start, so that every other run finds the retrained model it is compared with. Runs already
 recorded in RESULTS exit at once (the mains' -skip_existing), so an interrupted grid is
 completed by running the same command again; a run writes its record in one piece at its end.
+Runs side by side share the cores out (OMP_NUM_THREADS, unless it is set).
 
 Environment: RESULTS (default results/results.jsonl) is the file every run appends to;
 ONLY_METHODS="a b" runs these methods instead of the grid's; EXTRA_ARGS="-data_root /data" is
@@ -172,10 +173,21 @@ def _progress(echo, outcome, i, total):
     echo(f"== [{i}/{total}] {what}: {outcome.run.name} on {outcome.where}, {outcome.seconds:.0f} s{log}")
 
 
-def _start(run, slot):
-    cmd, env = list(run.cmd), None
+def threads_per_slot(n_slots):
+    """CPU threads for each of ``n_slots`` runs side by side: the cores this process may use,
+    shared out. Each torch process otherwise starts one thread per core, and runs that
+    oversubscribe the cores spin against each other: two default runs on 2 cores took twice as
+    long as the same two with one thread each."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, n_slots))
+
+
+def _start(run, slot, n_slots=1):
+    cmd, env = list(run.cmd), dict(os.environ)
+    if n_slots > 1 and "OMP_NUM_THREADS" not in env:  # the user's own setting wins
+        env["OMP_NUM_THREADS"] = str(threads_per_slot(n_slots))
     if slot != "cpu":
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=slot)
+        env["CUDA_VISIBLE_DEVICES"] = slot
         if run.gpu_flag:
             cmd.append(run.gpu_flag)
     if run.log is None:
@@ -211,7 +223,7 @@ def _run_slots(runs, slots, echo, sig, outcomes):
                         run = queue.pop(0)
                         if run.log is None:  # its output follows on the console
                             echo(f"== {run.name} on {slot}")
-                        busy[i] = (run, _start(run, slot), time.time())
+                        busy[i] = (run, _start(run, slot, len(slots)), time.time())
                 time.sleep(0.05)
                 for i, (run, proc, t0) in list(busy.items()):
                     if proc.poll() is not None:

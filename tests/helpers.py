@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from grid import threads_per_slot  # noqa: E402
 from tools import fake_cifar  # noqa: E402
 from tools.fake_cifar import CIFAR100_COARSE  # noqa: E402,F401  (re-exported to the tests)
 
@@ -48,22 +49,26 @@ def workdir():
     return _WORKDIR[0]
 
 
-def run_script(args, timeout=SCRIPT_TIMEOUT):
+def run_script(args, timeout=SCRIPT_TIMEOUT, threads=None):
     """Run ``python <script> <args...>`` (``script`` relative to the repository) in the
-    scratch folder; return the CompletedProcess."""
+    scratch folder, with ``threads`` CPU threads (None: torch's default); return the
+    CompletedProcess."""
     script, *rest = map(str, args)
-    return subprocess.run([sys.executable, str(REPO / script), *rest], cwd=workdir(), env=_env(),
+    env = _env()
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return subprocess.run([sys.executable, str(REPO / script), *rest], cwd=workdir(), env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def run_scripts(arg_lists, parallel=2, timeout=SCRIPT_TIMEOUT):
-    """Run several independent scripts, ``parallel`` at a time; results in input order. Two at
-    a time suits the 2-core machine: a small run spends most of its time importing (torch,
-    sklearn, dynamo on the first optimizer), on one core."""
+    """Run several independent scripts, ``parallel`` at a time, the cores shared out among them
+    as grid.py shares them among its CPU slots; results in input order."""
     if parallel <= 1:
         return [run_script(a, timeout) for a in arg_lists]
+    threads = threads_per_slot(parallel)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return list(pool.map(lambda a: run_script(a, timeout), arg_lists))
+        return list(pool.map(lambda a: run_script(a, timeout, threads), arg_lists))
 
 
 def run_inprocess(args):

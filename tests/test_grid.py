@@ -208,6 +208,26 @@ def test_a_gpu_slot_gets_its_device_and_the_gpu_flag(tmp_path):
     assert (tmp_path / "cpu.log").read_text() == "None ['x']\n"
 
 
+
+def test_runs_side_by_side_share_the_cores_out_and_a_users_thread_setting_wins(tmp_path, monkeypatch):
+    """Two slots on 4 cores: 2 threads each; one slot: torch's default (no setting); the
+    user's OMP_NUM_THREADS is passed on as it is."""
+    show = "import os, sys; open(sys.argv[1], 'w').write(str(os.environ.get('OMP_NUM_THREADS')))"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    def threads_seen(slots, n=2):
+        runs = [grid.Run(_py(show, tmp_path / f"t{i}"), f"t{i}", str(tmp_path / f"t{i}.log")) for i in range(n)]
+        assert all(o.ok for o in grid.run_grid(runs, slots=slots, echo=lambda line: None))
+        return {(tmp_path / f"t{i}").read_text() for i in range(n)}
+
+    assert threads_seen(["cpu", "cpu"]) == {"2"}
+    assert threads_seen(["0", "1", "2"], n=3) == {"1"}
+    assert threads_seen(["cpu"]) == {"None"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_seen(["cpu", "cpu"]) == {"3"}
+    assert grid.threads_per_slot(8) == 1
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_runs_in_flight(tmp_path, signum):
     sleeper = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
