@@ -182,7 +182,7 @@ def execute(exp, args, hp=None):
                       "computes it, batch -b; *Exact: correct/total (%)",
         recipe=getattr(args, "recipe", "reference"), pipeline=hparams.as_record(exp.pipe),
         hparams=hparams.as_record(hp), args=dict(vars(args)), versions=library_versions(),
-        code=records.code_version(), device=device_name(device), time=now_iso(),
+        code=records.code_version(), device=device_name(device), threads=torch.get_num_threads(), time=now_iso(),
     )
     path = records.write(args, record)
     if diverged is not None:

@@ -21,7 +21,8 @@ def script_runner():
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """Pretrain the quickstart SmallCNN on Digits (10 classes) and Digits5 (5 classes) for
-    two epochs each, both at once; returns {'Digits': path, 'Digits5': path}."""
+    two epochs each, both at once (threads_per_slot(2) CPU threads each); returns
+    {'Digits': path, 'Digits5': path}."""
     out = tmp_path_factory.mktemp("ckpt")
     paths = {"Digits": out / "smallcnn.pth", "Digits5": out / "smallcnn5.pth"}
     cmds = [["pretrain_model.py", "-net", "SmallCNN", "-dataset", ds, "-classes", n,

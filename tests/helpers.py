@@ -63,7 +63,8 @@ def run_script(args, timeout=SCRIPT_TIMEOUT, threads=None):
 
 def run_scripts(arg_lists, parallel=2, timeout=SCRIPT_TIMEOUT):
     """Run several independent scripts, ``parallel`` at a time, the cores shared out among them
-    as grid.py shares them among its CPU slots; results in input order."""
+    as grid.py shares them among its CPU slots (threads_per_slot(parallel) each: CPU results
+    depend on the thread count); results in input order."""
     if parallel <= 1:
         return [run_script(a, timeout) for a in arg_lists]
     threads = threads_per_slot(parallel)

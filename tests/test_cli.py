@@ -21,7 +21,7 @@ import models
 
 RECORD_KEYS = {"setting", "dataset", "net", "method", "forget", "seed", "sigma", "eta", "n_samples",
                "TestAcc", "RetainTestAcc", "Df", "MIA", "MethodTime", "EvalTime", "TestAccExact",
-               "args", "versions", "device", "time"}
+               "args", "versions", "device", "threads", "time"}
 METRICS = ("TestAcc", "RetainTestAcc", "Df", "MIA", "TestAccExact", "RetainTestAccExact", "DfExact")
 OVERRIDE = {"sigma": 0.2, "eta": 0.001, "n_samples": 3}
 

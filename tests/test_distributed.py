@@ -10,6 +10,7 @@ from helpers import REPO, _env, describe, run_inprocess
 
 import models
 import pretrain_model
+from grid import threads_per_slot
 from utils import read_records
 
 PRETRAIN = ["pretrain_model.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10"]
@@ -55,10 +56,12 @@ def test_torchrun_checkpoint_loads_in_the_mains(torchrun_ckpt, tmp_path):
     assert read_records(results)[0]["weight_path"] == str(out)
 
 
-def _stop_after_first_epoch(cmd, how):
-    """Run ``cmd`` (a 2-epoch pretraining) and stop it with ``how`` ("kill": SIGKILL, or
-    "terminate": SIGTERM, which torchrun passes on to its workers) once epoch 1 is printed."""
-    p = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def _stop_after_first_epoch(cmd, how, threads=None):
+    """Run ``cmd`` (a 2-epoch pretraining) with ``threads`` CPU threads (None: torch's default)
+    and stop it with ``how`` ("kill": SIGKILL, or "terminate": SIGTERM, which torchrun passes
+    on to its workers) once epoch 1 is printed."""
+    env = _env() if threads is None else dict(_env(), OMP_NUM_THREADS=str(threads))
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         for line in p.stdout:
             if line.startswith("epoch 1/2"):
@@ -106,13 +109,20 @@ def test_every_trainable_parameter_gets_a_gradient():
 # ---- -resume -------------------------------------------------------------------------------
 
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(smallcnn_ckpt, tmp_path):
-    # smallcnn_ckpt comes from the same command run for 2 epochs without interruption
+    # smallcnn_ckpt comes from the same command run for 2 epochs without interruption, with
+    # threads_per_slot(2) threads: both halves here use as many (the last bits depend on it)
     whole = load(smallcnn_ckpt.replace(".pth", "-resume.pth"))
+    threads = threads_per_slot(2)
     out = tmp_path / "m.pth"
-    _stop_after_first_epoch([sys.executable, *PRETRAIN, "-epochs", "2", "-out", str(out)], "kill")
+    _stop_after_first_epoch([sys.executable, *PRETRAIN, "-epochs", "2", "-out", str(out)], "kill", threads)
     state_path = tmp_path / "m-resume.pth"
     assert load(state_path)["epoch"] == 1, "the run was not stopped inside epoch 2"
-    proc = run_inprocess([*PRETRAIN, "-epochs", "2", "-out", out, "-resume", state_path])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        proc = run_inprocess([*PRETRAIN, "-epochs", "2", "-out", out, "-resume", state_path])
+    finally:
+        torch.set_num_threads(before)
     assert proc.returncode == 0, describe(proc)
     assert "resuming after epoch 1/2" in proc.stdout and "\nepoch 1/2 " not in proc.stdout
     resumed = load(state_path)
