@@ -72,15 +72,19 @@ def run_scripts(arg_lists, parallel=2, timeout=SCRIPT_TIMEOUT):
         return list(pool.map(lambda a: run_script(a, timeout, threads), arg_lists))
 
 
-def run_inprocess(args):
+def run_inprocess(args, threads=None):
     """Run ``<script> <args...>`` as ``__main__`` inside this interpreter (no torch import
     cost), cwd = the scratch folder, and report it like a finished process: returncode from
     SystemExit (0 if the script returns), captured stdout/stderr; an exception escaping the
-    script is written to stderr as a traceback with returncode 1, as Python would."""
+    script is written to stderr as a traceback with returncode 1, as Python would.
+    ``threads``: torch's CPU threads meanwhile (None: as they are), e.g. to match a twin run
+    by ``run_scripts``."""
     script, *rest = map(str, args)
     out, err = io.StringIO(), io.StringIO()
-    old_argv = sys.argv
+    old_argv, old_threads = sys.argv, torch.get_num_threads()
     sys.argv = [script, *rest]
+    if threads is not None:
+        torch.set_num_threads(threads)
     code = 0
     try:
         with contextlib.chdir(workdir()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -95,6 +99,7 @@ def run_inprocess(args):
                 code = 1
     finally:
         sys.argv = old_argv
+        torch.set_num_threads(old_threads)
     return SimpleNamespace(args=[script, *rest], returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
