@@ -113,8 +113,13 @@ IMPORT_EACH_FIRST = """
 import importlib, os, sys
 import numpy, torch, torchvision, sklearn.linear_model, sklearn.model_selection, transformers  # noqa: E401
 # (third-party only, loaded once: what is tested is the order of the project's modules)
-failed = []
+failed, running = [], {}
 for first in sys.argv[1:]:
+    if len(running) >= (os.cpu_count() or 1):  # one child per core at a time
+        pid, status = os.wait()
+        if status != 0:
+            failed.append(running[pid])
+        del running[pid]
     pid = os.fork()
     if pid == 0:  # a child that has imported nothing of the project yet
         try:
@@ -125,6 +130,8 @@ for first in sys.argv[1:]:
             print(f"importing {first} first: {type(e).__name__}: {e}", file=sys.stderr)
             os._exit(1)
         os._exit(0)
+    running[pid] = first
+for pid, first in running.items():
     if os.waitpid(pid, 0)[1] != 0:
         failed.append(first)
 sys.exit(1 if failed else 0)
