@@ -117,12 +117,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(smallcnn_ckpt, tmp
     _stop_after_first_epoch([sys.executable, *PRETRAIN, "-epochs", "2", "-out", str(out)], "kill", threads)
     state_path = tmp_path / "m-resume.pth"
     assert load(state_path)["epoch"] == 1, "the run was not stopped inside epoch 2"
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        proc = run_inprocess([*PRETRAIN, "-epochs", "2", "-out", out, "-resume", state_path])
-    finally:
-        torch.set_num_threads(before)
+    proc = run_inprocess([*PRETRAIN, "-epochs", "2", "-out", out, "-resume", state_path], threads)
     assert proc.returncode == 0, describe(proc)
     assert "resuming after epoch 1/2" in proc.stdout and "\nepoch 1/2 " not in proc.stdout
     resumed = load(state_path)
