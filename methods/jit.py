@@ -33,10 +33,11 @@ DEFAULT_NET = "VGG16"
 
 def table_overrides(table):
     """A main's JIT table ({net: dict(sigma, eta, n_samples)}, with a row for DEFAULT_NET) as
-    override rows: DEFAULT_NET's row for every run, then each net's own."""
+    override rows: DEFAULT_NET's row for every run, then each other net's own (-h prints each
+    value once)."""
     from hparams import Overrides
 
-    rows = [({}, table[DEFAULT_NET])] + [(dict(net=k), v) for k, v in table.items()]
+    rows = [({}, table[DEFAULT_NET])] + [(dict(net=k), v) for k, v in table.items() if k != DEFAULT_NET]
     return Overrides(tuple(rows) + VIT_CHUNK)
 
 

@@ -369,13 +369,12 @@ def test_retrain_that_diverges_names_the_method_and_epoch():
 # ---- JiT's table ---------------------------------------------------------------------------------------
 
 def test_jit_table_rows_vgg16_then_one_per_net_then_vit_chunk():
-    """A main's JIT table becomes: VGG16's row for every run, one row per named net, then
+    """A main's JIT table becomes: VGG16's row for every run, one row per other named net, then
     ViT's chunk; the rows are what -h prints, and resolve picks the net's row, VGG16's for a
     net without one."""
     table = {"ViT": dict(sigma=2.0, eta=0.2, n_samples=6), "VGG16": dict(sigma=3.0, eta=0.3, n_samples=7)}
     rows = table_overrides(table)
-    assert rows.rows == (({}, table["VGG16"]), (dict(net="ViT"), table["ViT"]), (dict(net="VGG16"), table["VGG16"]),
-                         *VIT_CHUNK)
+    assert rows.rows == (({}, table["VGG16"]), (dict(net="ViT"), table["ViT"]), *VIT_CHUNK)
     vgg = hparams.resolve(JitHP, rows, dict(net="VGG16"))
     assert (vgg.sigma, vgg.eta, vgg.n_samples) == (3.0, 0.3, 7)
     vit = hparams.resolve(JitHP, rows, dict(net="ViT"))
