@@ -487,7 +487,7 @@ def split_random(train, test, forget_perc, generator):
                 forget_valid=("train", forget_train), retain_valid=("test", np.arange(len(test))))
 
 
-def importance_order(train, split, order, seed, group_labels):
+def importance_order(split, order, seed, group_labels):
     """Training-set indices in the order SSD/LF-SSD's importance batches take them: ``shuffled``
     (the whole set permuted by a generator seeded by ``seed``), ``grouped`` (retained images
     ordered by ``group_labels``, then the forgotten ones) or ``retain_forget``."""

@@ -113,7 +113,7 @@ def prepare(args, setting, num_classes, target_id, split_fn):
         retain_train=loader(subset["retain_train"], args.b, True, workers, device, args.seed),
         # the batches of SSD/LF-SSD's importance over the whole training set (their order matters)
         full_train=loader(Subset(train, datasets.importance_order(
-            train, split, pipe.importance_order, args.seed, train.targets if train.fine is None else train.fine)),
+            split, pipe.importance_order, args.seed, train.targets if train.fine is None else train.fine)),
             args.b, False, workers, device),
         num_classes=num_classes, forget_class=target_id, setting=setting, dataset=args.dataset, net=args.net,
         build_fresh=build_fresh, seed=args.seed, amp=args.amp,

@@ -201,15 +201,15 @@ def test_importance_order_reference_per_setting():
     train = _tiny(fine=8)
     split = datasets.split_sub_class(train, train, 3)
     retain, forget = split["retain_train"][1], split["forget_train"][1]
-    grouped = datasets.importance_order(train, split, "grouped", 0, train.fine)
+    grouped = datasets.importance_order(split, "grouped", 0, train.fine)
     # literal: the reference's per-fine-class lists of retained images, in class order, then forget
     assert list(grouped) == [i for c in range(8) if c != 3 for i in range(40) if train.fine[i] == c] + list(forget)
-    assert list(datasets.importance_order(train, split, "retain_forget", 0, train.fine)) == \
+    assert list(datasets.importance_order(split, "retain_forget", 0, train.fine)) == \
         list(retain) + list(forget)
-    shuffled = datasets.importance_order(train, split, "shuffled", 7, train.fine)
+    shuffled = datasets.importance_order(split, "shuffled", 7, train.fine)
     assert sorted(shuffled) == list(range(40)) and list(shuffled) != sorted(shuffled)
-    assert list(shuffled) == list(datasets.importance_order(train, split, "shuffled", 7, train.fine))
-    assert list(shuffled) != list(datasets.importance_order(train, split, "shuffled", 8, train.fine))
+    assert list(shuffled) == list(datasets.importance_order(split, "shuffled", 7, train.fine))
+    assert list(shuffled) != list(datasets.importance_order(split, "shuffled", 8, train.fine))
 
 
 @pytest.mark.parametrize("setting, recipe, order", [
