@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from cli import UserError
 from hparams import Overrides, hp
-from utils import UserError
 
 # CIFAR-100's per-channel training-set mean and standard deviation, to the digits the reference
 # uses (it applies them to every data set).

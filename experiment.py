@@ -12,6 +12,7 @@ from torch.utils.data import Subset
 import datasets
 import hparams
 import records
+from cli import UserError, run_cli
 from evaluation import (
     Diverged,
     check_finite,
@@ -24,7 +25,7 @@ from evaluation import (
 from flags import check_outputs, parser_for, resolve_data, resolve_jit, resolve_method
 from methods import METHODS, UnlearnData
 from models import build_model, input_size
-from utils import UserError, cli, device_name, library_versions, load_weights, now_iso, resolve_device, seed_everything
+from utils import device_name, library_versions, load_weights, now_iso, resolve_device, seed_everything
 
 # Fewest retained training images a run accepts (at least one per class as well): fine-tuning,
 # retraining and the membership attack's fit need more than a handful.
@@ -214,4 +215,4 @@ def task_main(task, argv=None):
 
 
 def main(task):
-    cli(lambda: task_main(task))
+    run_cli(lambda: task_main(task))

@@ -5,10 +5,11 @@ import os
 
 import datasets
 import hparams
+from cli import Parser, UserError, float_above, int_in, seed_type
 from methods import METHODS
 from methods.jit import JitHP, table_overrides
 from models import MODELS
-from utils import Parser, UserError, check_results_path, check_writable, float_above, int_in, seed_type
+from utils import check_results_path, check_writable
 
 
 def base_parser(description, batch_size=128, with_method=True, jit_table=None):

@@ -4,8 +4,8 @@ python forget_random_main.py -net VGG16 -dataset Cifar10 -classes 10 -gpu \
     -method lipschitz_forgetting -forget_perc 0.00165 -weight_path W.pth -seed 0
 """
 import datasets
+from cli import UserError
 from experiment import Task, main
-from utils import UserError
 
 # JiT for random forgetting, per net: σ (the reference's lipschitz_weighting), η (its
 # learning_rate) and N perturbations per sample; other nets take VGG16's row. Edit them here,

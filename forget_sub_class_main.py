@@ -4,8 +4,8 @@ python forget_sub_class_main.py -net VGG16 -dataset Cifar20 -superclasses 20 -su
     -method lipschitz_forgetting -forget_class rocket -weight_path W.pth -seed 0
 """
 import datasets
+from cli import UserError
 from experiment import Task, main
-from utils import UserError
 
 # JiT for sub-class forgetting, per net: σ (the reference's lipschitz_weighting), η (its
 # learning_rate) and N perturbations per sample; other nets take VGG16's row. Edit them here,

@@ -36,19 +36,17 @@ import grid
 import hparams
 import metrics
 import records
+from cli import UserError, int_in, run_cli
 from evaluation import Diverged, check_finite, logits_of
 from experiment import prepare
 from flags import base_parser, resolve_method
 from methods import METHODS
 from utils import (
-    UserError,
     append_record,
     atomic_save,
     check_results_path,
     check_writable,
-    cli,
     device_name,
-    int_in,
     library_versions,
     load_weights,
     now_iso,
@@ -330,4 +328,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

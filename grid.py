@@ -96,7 +96,7 @@ GRIDS = {
 
 
 class GridError(Exception):
-    """Bad input: one line and exit status 2, like utils.UserError (not imported: it needs torch)."""
+    """Bad input: one line and exit status 2."""
 
 
 class Interrupted(Exception):

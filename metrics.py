@@ -202,7 +202,7 @@ def logit_scaled_confidence(logits, targets):
 
     Unlike the competition's code, no 1e-45 is added inside the logs, so confidences are not
     capped at about ±103.6 where a probability underflows."""
-    from utils import UserError
+    from cli import UserError
 
     as_numpy = not isinstance(logits, torch.Tensor)
     z = torch.as_tensor(np.asarray(logits) if as_numpy else logits)
@@ -281,7 +281,7 @@ def forget_score(unlearned_confs, retrained_confs, delta=FORGET_DELTA):
     example, which stretches between consecutive confidences hold a threshold (a binary search
     checked on each grid's own formula), not by testing all rules one by one; the result is the same.
     """
-    from utils import UserError
+    from cli import UserError
 
     u = _confidence_matrix(unlearned_confs, "unlearned_confs")
     r = _confidence_matrix(retrained_confs, "retrained_confs")
@@ -298,7 +298,7 @@ def forget_score(unlearned_confs, retrained_confs, delta=FORGET_DELTA):
 
 
 def _confidence_matrix(x, name):
-    from utils import UserError
+    from cli import UserError
 
     a = x.detach().to("cpu", torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
     if a.ndim != 2:

@@ -33,22 +33,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 import datasets
 import hparams
 import metrics
+from cli import Parser, UserError, float_above, int_in, one_line, run_cli, seed_type
 from engine import Warmup, train_epoch
 from models import MODELS, ViT, build_model, input_size
-from utils import (
-    Parser,
-    UserError,
-    atomic_save,
-    check_writable,
-    cli,
-    float_above,
-    int_in,
-    non_finite_tensors,
-    one_line,
-    resolve_device,
-    seed_everything,
-    seed_type,
-)
+from utils import atomic_save, check_writable, non_finite_tensors, resolve_device, seed_everything
 
 # Epochs of the reference per net and data set; Digits* is this project's CPU quickstart.
 EPOCHS = {
@@ -377,4 +365,4 @@ def train_model(args, epochs, state, ctx):
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

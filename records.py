@@ -4,7 +4,8 @@ import os
 import subprocess
 import sys
 
-from utils import UserError, append_record, read_records
+from cli import UserError
+from utils import append_record, read_records
 
 # Flags that do not change what a run computes; every other flag is part of its identity.
 NOT_IDENTITY = {"results", "wandb", "workers", "skip_existing", "gpu", "data_root", "retrain_dir"}

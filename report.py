@@ -30,8 +30,9 @@ from collections import OrderedDict
 
 import numpy as np
 
+from cli import Parser, UserError, run_cli
 from registry import RETRAIN_METHODS  # torch-free: reading records never loads a method
-from utils import Parser, UserError, check_writable, cli
+from utils import check_writable
 
 COLUMNS = [("Dr", "RetainTestAcc", "{:.2f}"), ("Df", "Df", "{:.2f}"), ("MIA", "MIA", "{:.3f}"),
            ("Test", "TestAcc", "{:.2f}"), ("time (s)", "MethodTime", "{:.2f}")]
@@ -380,4 +381,4 @@ def main(argv=None):
         print(f"forgetting quality: {out}-fq.md, " + ", ".join(fq_out[1]))
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

@@ -43,10 +43,10 @@ class PretrainJob:
         if REPO not in sys.path:
             sys.path.insert(0, REPO)
         import pretrain_model
-        from utils import cli
+        from cli import run_cli
 
         sys.argv = ["pretrain_model.py", *self.flags]
-        cli(pretrain_model.main)
+        run_cli(pretrain_model.main)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -96,7 +96,7 @@ def parse_args(argv):
 def main(argv=None):
     args, flags = parse_args(sys.argv[1:] if argv is None else argv)
     import pretrain_model
-    from utils import UserError
+    from cli import UserError
 
     world = args.nodes * args.tasks_per_node
     try:

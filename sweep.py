@@ -21,12 +21,13 @@ import sys
 import forget_full_class_main
 import forget_random_main
 import forget_sub_class_main
+from cli import Parser, UserError, run_cli
 from experiment import execute, prepare
 from flags import base_parser, resolve_jit
 from Lipschitz import GRAD_MODES, MODEL_MODES, REDUCTIONS
 from records import run_identity
 from report import retrain_index, target_key
-from utils import Parser, UserError, check_results_path, check_writable, cli, read_records
+from utils import check_results_path, check_writable, read_records
 
 TASKS = {m.TASK.setting: m.TASK for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
 SWITCHES = ("jit_grad", "jit_reduction", "jit_mode")
@@ -209,4 +210,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from cli import UserError
 from engine import train_epoch
 from hparams import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Overrides, hp
 from registry import register
-from utils import UserError, progress_bar
+from utils import progress_bar
 
 # ---- hyperparameters (the reference's values) ----------------------------------------------
 # All three are quick on Digits/SmallCNN (a few seconds each on 2 CPU cores), so no data set

@@ -12,10 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import UserError
 from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
 from methods.noise import full_class_only, input_shape
 from registry import register
-from utils import UserError, progress_bar
+from utils import progress_bar
 
 # ---- hyperparameters --------------------------------------------------------------------------
 #   paper:     the paper's code (ayushkumartarun/zero-shot-unlearning): a freshly initialised

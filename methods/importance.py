@@ -13,9 +13,10 @@ from torch.func import functional_call, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Subset
 
+from cli import UserError
 from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
 from registry import register
-from utils import UserError, progress_bar
+from utils import progress_bar
 
 # ---- hyperparameters (the reference's values) -------------------------------------------
 

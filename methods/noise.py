@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from cli import UserError
 from engine import train_epoch
 from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
 from registry import register
-from utils import UserError, progress_bar
+from utils import progress_bar
 
 NOISE_IMAGES = ("reference", "full")
 

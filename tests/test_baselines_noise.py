@@ -15,8 +15,8 @@ import hparams
 import methods.gkt as bg
 import methods.noise as bn
 import models
+from cli import UserError
 from methods import METHODS, UnlearnData
-from utils import UserError
 
 C = 3  # classes of the tiny models
 SHAPE = (3, 8, 8)

@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import transforms
 
 import datasets
-from utils import UserError
+from cli import UserError
 
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 

@@ -626,8 +626,8 @@ def test_gkt_with_vit_runs_the_reference_forward_under_the_reference_variant(mon
 def test_blindspot_reference_teacher_for_vit_is_the_pretrained_trunk_with_a_random_head(tmp_path):
     from transformers import ViTConfig, ViTModel
 
+    from cli import UserError
     from methods.distill import incompetent_teacher
-    from utils import UserError
 
     cfg = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=8,
                     patch_size=4)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import metrics
-from utils import UserError
+from cli import UserError
 
 DELTA = 1e-5
 

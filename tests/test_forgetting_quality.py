@@ -18,8 +18,9 @@ import forgetting_quality as fq
 import grid
 import metrics
 import report
+from cli import UserError
 from models import build_model, input_size
-from utils import UserError, read_records
+from utils import read_records
 
 
 def call(argv, cwd):

@@ -15,7 +15,7 @@ from helpers import describe, run_inprocess, run_script, write_cifar
 from PIL import Image
 
 import datasets
-from utils import UserError, one_line
+from cli import UserError, one_line
 
 # ---- 1. CIFAR files that carry code -----------------------------------------------------------
 

@@ -13,9 +13,11 @@ import pytest
 import torch
 from helpers import REPO, describe, run_inprocess
 
+import cli
 import report
 import utils
-from utils import UserError, append_record, check_results_path, check_writable, read_records
+from cli import UserError
+from utils import append_record, check_results_path, check_writable, read_records
 
 
 def good(method="baseline", seed=0, dr=90.0, df=10.0, **extra):
@@ -350,9 +352,9 @@ def test_record_nowhere_to_go_is_one_line_carrying_the_record(tmp_path, monkeypa
 
 def test_cli_gives_one_line_for_a_worker_wrapped_user_error():
     wrapped = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-                        '  File "x.py", line 1, in f\n    raise UserError("bad")\nutils.UserError: cannot decode image a.jpg')
-    assert utils.one_line(wrapped) == "cannot decode image a.jpg"
-    assert utils.one_line(UserError("two\nlines")) == "two lines"
+                        '  File "x.py", line 1, in f\n    raise UserError("bad")\ncli.UserError: cannot decode image a.jpg')
+    assert cli.one_line(wrapped) == "cannot decode image a.jpg"
+    assert cli.one_line(UserError("two\nlines")) == "two lines"
 
 
 def test_report_disk_full_while_writing_is_one_line(tmp_path, monkeypatch):

@@ -14,8 +14,9 @@ from helpers import REPO, _env, describe, run_inprocess
 import pretrain_model
 import report
 import sweep
+from cli import UserError
 from models import SmallCNN
-from utils import UserError, load_weights
+from utils import load_weights
 
 
 def one_line_error(proc, *needles):

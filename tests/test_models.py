@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+import cli
 import models
 import utils
 
@@ -175,14 +176,14 @@ def small_net(classes):
 
 
 def test_load_weights_missing_file(tmp_path):
-    with pytest.raises(utils.UserError):
+    with pytest.raises(cli.UserError):
         utils.load_weights(small_net(10), str(tmp_path / "nope.pth"), "SmallCNN", 10)
 
 
 def test_load_weights_not_a_checkpoint(tmp_path):
     path = tmp_path / "junk.pth"
     path.write_bytes(b"this is not a torch checkpoint\x00" + bytes(range(256)) * 4)
-    with pytest.raises(utils.UserError):
+    with pytest.raises(cli.UserError):
         utils.load_weights(small_net(10), str(path), "SmallCNN", 10)
 
 
@@ -195,7 +196,7 @@ def test_load_weights_refuses_pickled_objects(tmp_path, payload):
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(0.25)
-    with pytest.raises(utils.UserError):
+    with pytest.raises(cli.UserError):
         utils.load_weights(model, str(path), "SmallCNN", 10)
     assert all(torch.all(p == 0.25) for p in model.parameters())
 
@@ -204,7 +205,7 @@ def test_load_weights_never_runs_code_from_the_checkpoint(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pth"
     torch.save({"fc.weight": RunsCodeWhenUnpickled(str(marker))}, path)
-    with pytest.raises(utils.UserError):
+    with pytest.raises(cli.UserError):
         utils.load_weights(small_net(10), str(path), "SmallCNN", 10)
     assert not marker.exists()
 
@@ -212,7 +213,7 @@ def test_load_weights_never_runs_code_from_the_checkpoint(tmp_path):
 def test_load_weights_wrong_number_of_classes_names_the_net(tmp_path):
     path = tmp_path / "sc10.pth"
     torch.save(small_net(10).state_dict(), path)
-    with pytest.raises(utils.UserError, match="SmallCNN"):
+    with pytest.raises(cli.UserError, match="SmallCNN"):
         utils.load_weights(small_net(5), str(path), "SmallCNN", 5)
 
 
@@ -225,7 +226,7 @@ def test_load_weights_is_strict(tmp_path, change):
         state["fc.extra"] = torch.zeros(1)
     path = tmp_path / "sc.pth"
     torch.save(state, path)
-    with pytest.raises(utils.UserError, match="SmallCNN"):
+    with pytest.raises(cli.UserError, match="SmallCNN"):
         utils.load_weights(small_net(10), str(path), "SmallCNN", 10)
 
 
@@ -242,6 +243,6 @@ def test_load_weights_accepts_matching_state_dict(tmp_path):
 def test_load_weights_refuses_a_non_state_dict(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([torch.zeros(3)], path)
-    with pytest.raises(utils.UserError):
+    with pytest.raises(cli.UserError):
         utils.load_weights(small_net(10), str(path), "SmallCNN", 10)
 

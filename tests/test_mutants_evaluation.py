@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 import evaluation
 import records
-from utils import UserError
+from cli import UserError
 
 CPU = torch.device("cpu")
 

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import methods.gkt as bg
 import methods.noise as bn
+from cli import UserError
 from methods import UnlearnData
-from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,9 +17,9 @@ import hparams
 import methods.distill as bd
 import methods.importance as bi
 import methods.retrain as br
+from cli import UserError
 from methods.jit import VIT_CHUNK, JitHP, table_overrides
 from registry import UnlearnData
-from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

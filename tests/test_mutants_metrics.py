@@ -7,7 +7,7 @@ from helpers import identity_linear
 from torch.utils.data import DataLoader, TensorDataset
 
 import metrics
-from utils import UserError
+from cli import UserError
 
 
 def triples(x):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import records
-from utils import UserError
+from cli import UserError
 
 
 def git(repo, *cmd):
