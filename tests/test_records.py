@@ -14,7 +14,7 @@ import evaluation
 import methods
 import models
 import report
-from utils import append_record, read_records
+from records import append_record, read_records
 
 # ---- records -------------------------------------------------------------------------------
 
