@@ -8,6 +8,7 @@ import os
 import pickle
 import platform
 import random
+import stat
 import tempfile
 from importlib import metadata
 
@@ -118,10 +119,19 @@ def atomic_save(obj, path):
 
 # ---- output paths checked before any work ------------------------------------------------
 
+def _file_kind(path):
+    mode = os.stat(path).st_mode
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
 def check_writable(path, flag):
     """Raise UserError (one line naming ``flag``) unless ``path`` can be written as a file:
-    not empty, not a directory, under folders that exist or can be created, and actually
-    writable. Called before any work, so a run never computes for an hour and then fails on
+    not empty, a regular file (or a symbolic link to one) or a new name, under folders that
+    exist or can be created, and actually writable. A named pipe would block the run until
+    some reader opened it, and a device (/dev/null) swallows or refuses what is written, so
+    neither holds a result. Called before any work, so a run never computes for an hour and then fails on
     its output. Writability is tested by opening (an existing file, for appending, without
     changing it) or by creating and removing a probe file in the nearest existing folder:
     permission bits alone say nothing for root or on a read-only mount."""
@@ -135,6 +145,8 @@ def check_writable(path, flag):
     if os.path.lexists(path):
         if not os.path.exists(path):
             raise UserError(f"{flag} {path} is a broken symbolic link")
+        if not os.path.isfile(path):
+            raise UserError(f"{flag} {path} is {_file_kind(path)}, not a regular file: give a file path")
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
         except OSError as e:
