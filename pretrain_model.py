@@ -213,8 +213,8 @@ def resume_path(out):
 def check_args(args, world):
     """Everything about the flags that can be refused before any work; returns (epochs,
     resume state or None). Reads the files it names, writes nothing."""
-    if datasets.DATASETS[args.dataset] != args.classes:
-        raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset]} classes, but -classes {args.classes} was given")
+    if datasets.DATASETS[args.dataset].classes != args.classes:
+        raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset].classes} classes, but -classes {args.classes} was given")
     epochs = args.epochs if args.epochs is not None else default_epochs(args.net, args.dataset)
     if epochs is None:
         raise UserError(f"no default epoch count for {args.net} on {args.dataset}: pass -epochs")
