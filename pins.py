@@ -24,14 +24,33 @@ class FileImages(ArrayImages):
 
         try:
             with Image.open(self.paths[i]) as im:
-                return np.array(im.convert("RGB").resize((self.side, self.side), Image.BILINEAR))
+                return np.array(_rgb8(im).resize((self.side, self.side), Image.BILINEAR))
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             # a truncated or corrupt file passes the header check and fails only here
             raise UserError(f"cannot decode image {self.paths[i]}: {type(e).__name__}: {_first_line(e)}") from None
 
 
+def _rgb8(im):
+    """``im`` as 8-bit RGB. A 16-bit greyscale image (modes I;16*, and I, as which Pillow reads
+    16-bit PNGs) is scaled from 0..65535 to 0..255: Pillow's own conversion clips it at 255,
+    which turns almost every pixel white."""
+    from PIL import Image
+
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        wide = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.round(wide * (255 / 65535)), 0, 255).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def _visible(entries):
+    """Entries not hidden by a leading dot (``.ipynb_checkpoints``, ``.DS_Store``, macOS's ``._*``):
+    a hidden folder taken for a person would shift every later person's label."""
+    return [e for e in entries if not e.name.startswith(".")]
+
+
 def pins_files(root):
-    """(paths, labels, class names) of the Pins ImageFolder. Every image file's header is
+    """(paths, labels, class names) of the Pins ImageFolder: one person per sub-folder, hidden
+    entries and files that are not images by their extension ignored. Every image file's header is
     opened here (cheap: no pixel is decoded), so a file that is not an image is named now,
     not by a DataLoader halfway through a run."""
     from PIL import Image, UnidentifiedImageError
@@ -39,12 +58,12 @@ def pins_files(root):
     folder = os.path.join(root, "105_classes_pins_dataset")
     if not os.path.isdir(folder):
         raise UserError(f"Pins data not found: expected an ImageFolder at {folder} (one sub-folder per person)")
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    classes = sorted(e.name for e in _visible(os.scandir(folder)) if e.is_dir())
     paths, labels = [], []
     exts = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
     for c, name in enumerate(classes):
         sub = os.path.join(folder, name)
-        files = sorted(f for f in os.listdir(sub) if f.lower().endswith(exts) and os.path.isfile(os.path.join(sub, f)))
+        files = sorted(e.name for e in _visible(os.scandir(sub)) if e.name.lower().endswith(exts) and e.is_file())
         paths += [os.path.join(sub, f) for f in files]
         labels += [c] * len(files)
     if not paths:
