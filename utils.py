@@ -36,6 +36,34 @@ def resolve_device(use_gpu):
     return torch.device("cuda")
 
 
+def available_memory(device):
+    """Bytes a new tensor on ``device`` can take: a CUDA device's free memory, else the host's
+    available memory (MemAvailable, which counts the caches the kernel can drop)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_allocatable(numel, flags, device, itemsize=4):
+    """Refuse in one line, naming the ``flags`` that size it, a tensor of ``numel`` values (float32
+    by default) larger than the memory ``device`` has free: the allocator would otherwise fail with
+    a traceback, or the host start swapping."""
+    need = numel * itemsize
+    free = available_memory(device)
+    if need > free:
+        raise UserError(f"{flags} ask(s) for {need / 2 ** 30:,.1f} GiB on {device.type}, more than the "
+                        f"{free / 2 ** 30:,.1f} GiB available: give smaller values")
+
+
 def seed_everything(seed):
     import torch
 
