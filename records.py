@@ -193,16 +193,29 @@ def append_record(path, record):
                     f"({'; '.join(tried)}); the record was: {line.decode().strip()}")
 
 
+def _not_a_number(name):
+    return None  # NaN, Infinity, -Infinity (a non-strict writer's tokens): null, as the strict writer records them
+
+
+def parse_lines(data):
+    """The one JSON-lines parser: for each non-blank line of ``data`` (a results file's bytes),
+    (line number, record, None), or (line number, None, why) for a line that is not UTF-8 text
+    or not JSON (a torn last line, a stray note). Never raises."""
+    for i, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            yield i, json.loads(raw.decode("utf-8"), parse_constant=_not_a_number), None
+        except UnicodeDecodeError:
+            yield i, None, "not UTF-8 text"
+        except (ValueError, RecursionError):
+            yield i, None, "not JSON"
+
+
 def read_records(path):
     """All whole JSON lines of a results file (a torn last line, or any line that is not
     JSON, is skipped; bytes that are not UTF-8 never raise)."""
     if not os.path.isfile(path):
         return []
-    out = []
     with open(path, "rb") as f:
-        for raw in f:
-            try:
-                out.append(json.loads(raw.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-                continue
-    return out
+        return [r for _, r, why in parse_lines(f.read()) if why is None]
