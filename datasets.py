@@ -1,7 +1,7 @@
 """The data sets (DATASETS, a row each), the data pipeline's choices (DataHP), forget targets
 and the forget/retain splits. Each sample is a triple (image, fine_label_or_empty, model_label).
 
-The rooms behind it: images.py (the transform and the in-memory data set), batching.py (batches
+Behind it: images.py (the transform and the in-memory data set), batching.py (batches
 built on the device), cifar_files.py (reading CIFAR batch files safely), pins.py (the Pins
 folder). The mains import all they need from here.
 """
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# `name as name`: re-exported, so the mains and evaluation import every data name from here
 from batching import device_batches as device_batches
 from cifar_files import load_cifar10, load_cifar100
 from cli import UserError
