@@ -4,10 +4,12 @@ For a forget sample x and N perturbations ξ_i ~ N(0, σ²I) the objective is
 
     L(θ; x) = (1/N) Σ_i ‖f_θ(x) − f_θ(x + ξ_i)‖₂ / ‖ξ_i‖₂ .
 """
+import math
+
 import torch
 import torch.nn as nn
 
-from utils import progress_bar
+from utils import check_allocatable, progress_bar
 
 # Largest number of perturbed images evaluated in one forward pass. 25 × 128 CIFAR images
 # fit easily; lower it for big inputs on a small GPU.
@@ -89,6 +91,7 @@ def _jit_loop(model, forget_loader, sigma, eta, n_samples, chunk_size, device, p
         with autocast:
             out = model(x).float()
         shape = (n_samples,) + tuple(x.shape)
+        check_allocatable(math.prod(shape), "JiT's N perturbations of a batch (-n_samples × -b)", device)
         noise = torch.randn(shape).to(device) if cpu_noise else torch.randn(shape, device=device)
         lo, hi = x.min(), x.max()
         flat_x = x.flatten(1)

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader
 import datasets
 import metrics
 import records
+from records import read_records
 from registry import RETRAIN_METHODS
-from utils import atomic_save, load_weights, progress_bar, read_records
+from utils import atomic_save, load_weights, progress_bar
 
 EVAL_BATCH = 512  # forward batch for evaluation; the reported accuracies do not depend on it
 

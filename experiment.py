@@ -83,8 +83,8 @@ def prepare(args, setting, num_classes, target_id, split_fn):
     size = input_size(args.net)
     train = datasets.load_dataset(args.dataset, args.data_root, train=True, size=size, pins_split=pipe.pins_split)
     test = datasets.load_dataset(args.dataset, args.data_root, train=False, size=size, pins_split=pipe.pins_split)
-    if datasets.DATASETS[args.dataset] != num_classes:
-        raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset]} model classes, "
+    if datasets.DATASETS[args.dataset].classes != num_classes:
+        raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset].classes} model classes, "
                         f"but {num_classes} were given")
 
     def build_fresh():

@@ -9,7 +9,8 @@ from cli import Parser, UserError, float_above, int_in, seed_type
 from methods import METHODS
 from methods.jit import JitHP, table_overrides
 from models import MODELS
-from utils import check_results_path, check_writable
+from records import check_results_path
+from utils import check_writable
 
 
 def base_parser(description, batch_size=128, with_method=True, jit_table=None):

@@ -41,17 +41,8 @@ from evaluation import Diverged, check_finite, logits_of
 from experiment import prepare
 from flags import base_parser, resolve_method
 from methods import METHODS
-from utils import (
-    append_record,
-    atomic_save,
-    check_results_path,
-    check_writable,
-    device_name,
-    library_versions,
-    load_weights,
-    now_iso,
-    seed_everything,
-)
+from records import append_record, check_results_path
+from utils import atomic_save, check_writable, device_name, library_versions, load_weights, now_iso, seed_everything
 
 TASKS = {m.TASK.setting: m.TASK for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
 DEFAULT_METHODS = ("baseline", "lipschitz_forgetting", "finetune", "ssd_tuning", "scrub", "retrain_full")

@@ -47,8 +47,10 @@ EPOCHS = {
 }
 RESUME_FORMAT = "jit-unlearning pretrain state v1"
 # Flags a resumed run must share with the run it continues (anything else would silently
-# train a different model than the one the saved schedule and optimiser belong to).
-RESUME_IDENTITY = ("net", "dataset", "classes", "b", "warm", "lr", "epochs", "seed", "vit_weights")
+# train a different model than the one the saved schedule and optimiser belong to). pins_split
+# is the resolved one: under another recipe a Pins run would train on its held-out images.
+RESUME_IDENTITY = ("net", "dataset", "classes", "b", "warm", "lr", "epochs", "seed", "vit_weights", "recipe",
+                   "pins_split", "sync_bn")
 
 
 def default_epochs(net, dataset):
@@ -199,11 +201,40 @@ def load_resume_state(path, args, epochs):
     bad = non_finite_tensors(state["model"]) if isinstance(state.get("model"), dict) else []
     if bad:
         raise UserError(f"refusing {path}: {len(bad)} tensor(s) of its model hold NaN or inf values (first {bad[0]})")
-    given = dict(vars(args), epochs=epochs)
-    diff = [f"-{k} {state['args'][k]} (now {given[k]})" for k in RESUME_IDENTITY if state["args"].get(k) != given[k]]
+    given, saved = resume_identity(args, epochs), state.get("args", {})
+    diff = [f"-{k} {saved.get(k, 'unrecorded')} (now {given[k]})" for k in RESUME_IDENTITY if saved.get(k) != given[k]]
     if diff:
         raise UserError(f"{path} belongs to a run with " + ", ".join(diff) + "; resume with the same flags")
     return state
+
+
+def resume_identity(args, epochs):
+    """The values of RESUME_IDENTITY for this run, as its training state records them."""
+    return {k: getattr(args, k) for k in RESUME_IDENTITY} | {"epochs": epochs, "pins_split": pins_split(args)}
+
+
+def data_identity(train, test):
+    """What the run trains and evaluates on: sizes and a digest of each split."""
+    return {"train": len(train), "test": len(test),
+            "fingerprint": f"{datasets.fingerprint(train)}-{datasets.fingerprint(test)}"}
+
+
+def check_resume_data(state, path, data):
+    """Refuse to continue on other data than the run started on: photos added to a Pins folder
+    change the steps per epoch (the saved schedule's length) and the split; another data folder
+    trains a different model."""
+    saved = state.get("data")
+    if saved == data:
+        return
+    if not isinstance(saved, dict):
+        was = "data it did not record"
+    elif (saved.get("train"), saved.get("test")) == (data["train"], data["test"]):
+        was = "other images of the same counts"
+    else:
+        was = f"{saved.get('train')} training and {saved.get('test')} test images"
+    raise UserError(f"{path} belongs to a run on {was}, but the data now hold {data['train']} training and "
+                    f"{data['test']} test images: restore the data the run started on, or start a new run "
+                    f"without -resume")
 
 
 def resume_path(out):
@@ -213,8 +244,8 @@ def resume_path(out):
 def check_args(args, world):
     """Everything about the flags that can be refused before any work; returns (epochs,
     resume state or None). Reads the files it names, writes nothing."""
-    if datasets.DATASETS[args.dataset] != args.classes:
-        raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset]} classes, but -classes {args.classes} was given")
+    if datasets.DATASETS[args.dataset].classes != args.classes:
+        raise UserError(f"{args.dataset} has {datasets.DATASETS[args.dataset].classes} classes, but -classes {args.classes} was given")
     epochs = args.epochs if args.epochs is not None else default_epochs(args.net, args.dataset)
     if epochs is None:
         raise UserError(f"no default epoch count for {args.net} on {args.dataset}: pass -epochs")
@@ -275,6 +306,9 @@ def train_model(args, epochs, state, ctx):
     pins = pins_split(args)
     train = datasets.load_dataset(args.dataset, args.data_root, train=True, size=size, augment=True, pins_split=pins)
     test = datasets.load_dataset(args.dataset, args.data_root, train=False, size=size, pins_split=pins)
+    data = data_identity(train, test)
+    if state is not None:
+        check_resume_data(state, args.resume, data)
     # One sampler for both cases: the order of an epoch is a permutation seeded by (seed, epoch).
     sampler = DistributedSampler(train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=args.seed)
     train_dl = DataLoader(train, args.b // ctx.world, sampler=sampler, num_workers=workers,
@@ -352,7 +386,7 @@ def train_model(args, epochs, state, ctx):
             # state pointing at a deleted checkpoint
             save(dict(format=RESUME_FORMAT, epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
                       onecycle=onecycle.state_dict(), warm_t=sched.t, best_acc=best_acc, best_path=best_path,
-                      out=args.out, world=ctx.world, args={k: getattr(args, k) for k in RESUME_IDENTITY} | {"epochs": epochs}),
+                      out=args.out, world=ctx.world, args=resume_identity(args, epochs), data=data),
                  state_path, state_path, epoch)
             if old_best and os.path.exists(old_best):
                 os.remove(old_best)  # keep only the best so far

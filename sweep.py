@@ -25,9 +25,9 @@ from cli import Parser, UserError, run_cli
 from experiment import execute, prepare
 from flags import base_parser, resolve_jit
 from Lipschitz import GRAD_MODES, MODEL_MODES, REDUCTIONS
-from records import run_identity
+from records import check_results_path, read_records, run_identity
 from report import retrain_index, target_key
-from utils import check_results_path, check_writable, read_records
+from utils import check_writable
 
 TASKS = {m.TASK.setting: m.TASK for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
 SWITCHES = ("jit_grad", "jit_reduction", "jit_mode")

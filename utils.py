@@ -1,17 +1,14 @@
-"""Small shared pieces: device, seeds, checkpoints, writable-path checks and result records.
+"""Small shared pieces: device, seeds, checkpoints and the check of an output path.
 
 torch is imported inside the functions that need it, so that modules which only read records
-(report.py) import without torch installed."""
+(records.py, report.py) import without torch installed."""
 import datetime
 import errno
-import fcntl
-import json
-import math
 import os
 import pickle
 import platform
 import random
-import sys
+import stat
 import tempfile
 from importlib import metadata
 
@@ -37,6 +34,34 @@ def resolve_device(use_gpu):
     if not torch.cuda.is_available():
         raise UserError("-gpu given but no CUDA device is available (drop -gpu to run on the CPU)")
     return torch.device("cuda")
+
+
+def available_memory(device):
+    """Bytes a new tensor on ``device`` can take: a CUDA device's free memory, else the host's
+    available memory (MemAvailable, which counts the caches the kernel can drop)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_allocatable(numel, flags, device, itemsize=4):
+    """Refuse in one line, naming the ``flags`` that size it, a tensor of ``numel`` values (float32
+    by default) larger than the memory ``device`` has free: the allocator would otherwise fail with
+    a traceback, or the host start swapping."""
+    need = numel * itemsize
+    free = available_memory(device)
+    if need > free:
+        raise UserError(f"{flags} ask(s) for {need / 2 ** 30:,.1f} GiB on {device.type}, more than the "
+                        f"{free / 2 ** 30:,.1f} GiB available: give smaller values")
 
 
 def seed_everything(seed):
@@ -122,10 +147,19 @@ def atomic_save(obj, path):
 
 # ---- output paths checked before any work ------------------------------------------------
 
+def _file_kind(path):
+    mode = os.stat(path).st_mode
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
 def check_writable(path, flag):
     """Raise UserError (one line naming ``flag``) unless ``path`` can be written as a file:
-    not empty, not a directory, under folders that exist or can be created, and actually
-    writable. Called before any work, so a run never computes for an hour and then fails on
+    not empty, a regular file (or a symbolic link to one) or a new name, under folders that
+    exist or can be created, and actually writable. A named pipe would block the run until
+    some reader opened it, and a device (/dev/null) swallows or refuses what is written, so
+    neither holds a result. Called before any work, so a run never computes for an hour and then fails on
     its output. Writability is tested by opening (an existing file, for appending, without
     changing it) or by creating and removing a probe file in the nearest existing folder:
     permission bits alone say nothing for root or on a read-only mount."""
@@ -139,6 +173,8 @@ def check_writable(path, flag):
     if os.path.lexists(path):
         if not os.path.exists(path):
             raise UserError(f"{flag} {path} is a broken symbolic link")
+        if not os.path.isfile(path):
+            raise UserError(f"{flag} {path} is {_file_kind(path)}, not a regular file: give a file path")
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
         except OSError as e:
@@ -155,132 +191,6 @@ def check_writable(path, flag):
         os.remove(probe)
     except OSError as e:
         raise UserError(f"{flag} {path} cannot be written: {folder}: {e.strerror}") from None
-
-
-def check_results_path(path, flag="-results"):
-    """check_writable, and an existing non-empty file must already be JSON lines: records are
-    never appended into a checkpoint, an image or any other file named by mistake."""
-    check_writable(path, flag)
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb") as f:
-        head = f.read(65536)
-    binary = b"\0" in head
-    if binary or head.lstrip()[:1] not in (b"{", b""):
-        why = "binary data" if binary else "its first line is not a JSON object"
-        raise UserError(f"{flag} {path} exists and is not a JSON-lines results file ({why}); name another file")
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 4:  # not just a character cut at the end of the chunk
-            raise UserError(f"{flag} {path} exists and is not a JSON-lines results file (not UTF-8 text); "
-                            f"name another file") from None
-
-
-# ---- records ----------------------------------------------------------------------------
-
-def json_safe(obj):
-    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, numpy scalars and
-    arrays turned into Python values, tuples into lists: what strict JSON can hold. In the
-    records, null stands for "not a number" (or not measured)."""
-    if isinstance(obj, dict):
-        return {str(k) if not isinstance(k, str) else k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return json_safe(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # a 0-d tensor
-        return json_safe(obj.item())
-    return str(obj)
-
-
-def record_line(record):
-    """One record as a strict-JSON line (no NaN/Infinity tokens: non-finite floats are null)."""
-    return json.dumps(json_safe(record), allow_nan=False) + "\n"
-
-
-def _append_line(path, line):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        view = memoryview(line)
-        try:
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except OSError:
-            # a part of the line may be there (a full disk): take it back, best effort
-            try:
-                if os.path.isfile(path):
-                    os.ftruncate(fd, size)
-            except OSError:
-                pass
-            raise
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _fallback_paths(path):
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"unsaved-record-{os.path.splitext(os.path.basename(path) or 'results')[0]}-{stamp}-{os.getpid()}.jsonl"
-    return [os.path.join(os.getcwd(), name), os.path.join(tempfile.gettempdir(), name)]
-
-
-def append_record(path, record):
-    """Append one record to ``path`` as one strict-JSON line (see record_line); return the
-    path it was written to.
-
-    A whole line or nothing, never over what is there: the file is opened in append mode and
-    held under an exclusive lock (``flock``) while the line is written, so concurrent writers
-    (a grid on several GPUs) never interleave. If a writer was killed inside a write and left a
-    torn last line, the new line starts on a line of its own (``read_records`` skips the torn
-    one). If ``path`` cannot be written at the end of a run (a full disk, a folder gone
-    read-only), the run is not lost: the record goes to a file in the working folder (else in
-    the temporary folder) and one warning line says where."""
-    line = record_line(record).encode()
-    try:
-        _append_line(path, line)
-        return path
-    except OSError as e:
-        first = e
-    tried = []
-    for fallback in _fallback_paths(path):
-        try:
-            _append_line(fallback, line)
-        except OSError as e:
-            tried.append(f"{fallback}: {e.strerror}")
-            continue
-        print(f"warning: cannot append to {path} ({first.strerror or first}); the record was written to "
-              f"{fallback} instead (append it with: cat {fallback} >> {path})", file=sys.stderr)
-        return fallback
-    raise UserError(f"cannot append to {path} ({first.strerror or first}) nor write a fallback file "
-                    f"({'; '.join(tried)}); the record was: {line.decode().strip()}")
-
-
-def read_records(path):
-    """All whole JSON lines of a results file (a torn last line, or any line that is not
-    JSON, is skipped; bytes that are not UTF-8 never raise)."""
-    if not os.path.isfile(path):
-        return []
-    out = []
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                out.append(json.loads(raw.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-                continue
-    return out
 
 
 def library_versions():

@@ -5,6 +5,7 @@ a real image.
 """
 import copy
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from cli import UserError
 from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
 from methods.noise import full_class_only, input_shape
 from registry import register
-from utils import progress_bar
+from utils import check_allocatable, progress_bar
 
 # ---- hyperparameters --------------------------------------------------------------------------
 #   paper:     the paper's code (ayushkumartarun/zero-shot-unlearning): a freshly initialised
@@ -355,6 +356,9 @@ def gkt(model, data, hp, device):
     student = _make_student(model, data, cfg, device)
     wrap = ReferenceViTForward if cfg["vit_forward"] == "reference" and _is_vit(model) else (lambda m: m)
     teacher, pupil = wrap(model), wrap(student)
+    # the generator's first layer and its widest activation (2w channels at full size)
+    check_allocatable(2 * cfg["gen_width"] * math.prod(shape[1:]) * (cfg["batch"] + cfg["z_dim"] // 16),
+                      "-gkt_batch, -gkt_z_dim and -gkt_gen_width", device)
     generator = Generator(shape, cfg["z_dim"], cfg["gen_width"]).to(device)
     names = feature_names(teacher, shape, cfg["features"], device) if cfg["beta"] > 0 else []
     distill(teacher, pupil, generator, forget, cfg, names)

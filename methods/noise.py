@@ -2,6 +2,7 @@
 and emmn (error-minimising/-maximising noise, zero-shot: it uses the trained model and the shape
 of the forget samples only).
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ from cli import UserError
 from engine import train_epoch
 from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
 from registry import register
-from utils import progress_bar
+from utils import check_allocatable, progress_bar
 
 NOISE_IMAGES = ("reference", "full")
 
@@ -163,6 +164,8 @@ def retain_subset(ds, per_class, by_fine=False):
 
 
 def _shuffled(ds, batch, seed):
+    # an epoch's order is one int64 permutation of len(ds), on the CPU
+    check_allocatable(len(ds), "-noise_repeats", torch.device("cpu"), itemsize=8)
     return DataLoader(ds, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
@@ -218,7 +221,9 @@ def unsir(model, data, hp, device):
       noise steps' gradients accumulate in the model; here eval mode and noise-only gradients.
     """
     forget = _forget_model_label(data, "UNSIR")
-    init = torch.randn(hp.noise_batch, *input_shape(data.forget_train)).to(device)
+    shape = input_shape(data.forget_train)
+    check_allocatable(4 * hp.noise_batch * math.prod(shape), "-unsir_noise_size", device)  # noise, grad, Adam's 2
+    init = torch.randn(hp.noise_batch, *shape).to(device)
     noise = learn_noise(model, init, forget, hp.noise_steps, hp.noise_lr, hp.l2, maximise=True)
     noise = noise_images(noise, hp.images).cpu()
 
@@ -248,6 +253,7 @@ def emmn(model, data, hp, device):
     """
     forget = full_class_only(data, "emmn")
     shape = input_shape(data.forget_train)
+    check_allocatable(4 * hp.noise_batch * math.prod(shape), "-emmn_noise_size", device)  # noise, grad, Adam's 2
     images, labels = [], []
     # the reference draws the forget class's noise first, then the others in class order
     for cls in progress_bar([forget] + [k for k in range(data.num_classes) if k != forget], "emmn noise"):

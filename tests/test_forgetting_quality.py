@@ -20,7 +20,7 @@ import metrics
 import report
 from cli import UserError
 from models import build_model, input_size
-from utils import read_records
+from records import read_records
 
 
 def call(argv, cwd):

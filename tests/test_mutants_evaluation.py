@@ -1,7 +1,7 @@
 """Cases added for mutants of evaluation.py that the other tests let survive (docs/testing.md):
 each pins a behaviour that a one-token change to the code would alter.
 
-The other tests reach evaluation.py through the mains on in-memory images (datasets.DeviceBatches)
+The other tests reach evaluation.py through the mains on in-memory images (batching.DeviceBatches)
 with an unchanged model, so the DataLoader path (any other data set), the amp switch, the
 relearn loop of a model that has to relearn, the divergence message and the names of the
 retrained checkpoints went unchecked. The data here are plain tensors (helpers.Triples) and the

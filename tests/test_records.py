@@ -13,8 +13,9 @@ from helpers import describe, run_inprocess, run_scripts
 import evaluation
 import methods
 import models
+import records
 import report
-from utils import append_record, read_records
+from records import append_record, read_records
 
 # ---- records -------------------------------------------------------------------------------
 
@@ -144,3 +145,11 @@ def test_one_command_one_seed_one_record(smallcnn_ckpt, tmp_path):
     assert strip(a) == strip(b)
     metrics = ("RetainTestAcc", "Df", "MIA", "TestAcc", "MIAEntropyAUC")
     assert [a[k] for k in metrics] != [c[k] for k in metrics]  # another seed: another split and order
+
+
+def test_one_parser_names_each_bad_line_and_reads_not_a_number_as_null(tmp_path):
+    data = b'{"a": 1}\n\nnot json\n{"a": NaN}\n\xff\xfe\n{"a": 2'
+    assert list(records.parse_lines(data)) == [(1, {"a": 1}, None), (3, None, "not JSON"), (4, {"a": None}, None),
+                                               (5, None, "not UTF-8 text"), (6, None, "not JSON")]
+    (tmp_path / "r.jsonl").write_bytes(data)
+    assert read_records(tmp_path / "r.jsonl") == [{"a": 1}, {"a": None}]
