@@ -56,6 +56,49 @@ def test_retrain_floor_needs_two_sides_the_score_can_resolve(tmp_path):
         call(argv, tmp_path)
 
 
+def test_the_smallest_k_is_the_first_at_which_a_bucket_earns_points():
+    # Points go to ε buckets below ceil(log(K − 1)): none at K = 2 (log 1 = 0), two at K = 3.
+    assert fq.K_SIDE == 3
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        u, r = rng.normal(size=(2, 30)), rng.normal(size=(2, 30))
+        assert metrics.forget_score(u, r).score == 0 and metrics.forget_score(u, u).score == 0
+    same = rng.normal(size=(3, 30))
+    assert metrics.forget_score(same, same).score == 1.0
+
+
+@pytest.mark.parametrize("k", ["2", "-1", "1025", "1000000000"])
+def test_a_k_the_score_cannot_use_or_the_work_cannot_finish_is_one_line_before_any_work(k, tmp_path, monkeypatch,
+                                                                                          capsys):
+    def no_work(*a, **kw):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(fq, "prepare", no_work)
+    argv = base_argv("w.pth")
+    argv[argv.index("-K") + 1] = k
+    with pytest.raises(SystemExit) as e, contextlib.chdir(tmp_path):
+        fq.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "-K" in err and "3..1024" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_help_states_the_smallest_useful_k():
+    for text in (fq.parser().format_help(), fq.parser()._subparsers._group_actions[0].choices["random"].format_help()):
+        flat = " ".join(text.split())
+        assert "3..1024" in flat and "needs K >= 6" in flat and "fewer than 3 models a side the score is 0" in flat
+
+
+def test_a_k_that_scores_methods_but_not_the_floor(tmp_path, monkeypatch):
+    # K = 3 .. 5 scores a method (3 models a side) but leaves the floor's halves below 3
+    monkeypatch.setattr(fq, "prepare", lambda *a: (_ for _ in ()).throw(UserError("prepared")))
+    for k in (3, 5):
+        with pytest.raises(UserError, match="prepared"):
+            call(base_argv("w.pth", k=k) + ["-methods", "baseline"], tmp_path)
+        with pytest.raises(UserError, match=f"-K {k}: .*needs -K >= 6"):
+            call(base_argv("w.pth", k=k), tmp_path)
+
+
 def test_cache_name_changes_with_everything_that_changes_a_retrain():
     def path(argv, k=0, setting="fullclass", **changes):
         _, args = fq.parse_args(argv)
@@ -234,6 +277,8 @@ def test_each_side_of_the_score_holds_the_models_it_should(tmp_path, planted, ra
     assert method_u == [20.0 + k for k in range(6)] and method_r == [1.0 + k for k in range(6)]
     # the floor: retrains 0..2 against retrains 3..5, two disjoint halves of K / 2
     assert floor_u == [1.0, 2.0, 3.0] and floor_r == [4.0, 5.0, 6.0]
+    # with an odd K the last retrain sits out
+    assert fq.floor_halves(7) == ([0, 1, 2], [3, 4, 5])
     recs = read_records(tmp_path / "r.jsonl")
     assert [(r["method"], r["K_compared"]) for r in recs] == [("finetune", 6), ("retrain_full", 3)]
     # buckets up to ceil(log(K_compared − 1)): 2 for K = 6, 1 for the floor's 3
@@ -257,6 +302,8 @@ def test_a_spread_out_retrain_trains_its_own_seed_into_the_file_the_scoring_read
     model = build_model("SmallCNN", 10)
     model.load_state_dict(torch.load(path, weights_only=True))
     assert model.fc.bias[3].item() == 5.0  # planted value 1 + seed
+    call(argv + ["-retrain_only", "4"], tmp_path)  # already there: nothing to train
+    assert len(planted.calls) == 1
     # the scoring call trains only the five others and reads this one
     out, _ = call(argv + ["-methods", "retrain_full", "-results", "r.jsonl"], tmp_path)
     assert "1 of 6 cached in checkpoint/forgetting_quality, 5 to train" in out
