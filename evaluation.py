@@ -1,11 +1,8 @@
 """Evaluation of one unlearned model: every metric of a record from one forward pass over the
-training set and one over the test set, plus the comparisons with a saved retrained model and
-the relearn-time probe."""
+training set and one over the test set, the distance of its outputs from a retrained model's,
+and the relearn-time probe. Metrics from models and data only: which retrained model to compare
+with is retrained.py's."""
 import copy
-import glob
-import hashlib
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +10,7 @@ from torch.utils.data import DataLoader
 
 import datasets
 import metrics
-import records
-from records import read_records
-from registry import RETRAIN_METHODS
-from utils import atomic_save, load_weights, progress_bar
+from utils import progress_bar
 
 EVAL_BATCH = 512  # forward batch for evaluation; the reported accuracies do not depend on it
 
@@ -109,60 +103,9 @@ def relearn_steps(model, forget_loader, forget_valid, target, max_steps, workers
     return None
 
 
-def _retrain_prefix(args, setting, forget, method):
-    """The retrained models of one target and seed, per method; a corrected-recipe retrain is
-    named apart (``...-seed0-corrected-retrain_full``), so no run is compared with a retrain
-    of the other recipe."""
-    recipe = getattr(args, "recipe", "reference")
-    tag = "" if recipe == "reference" else f"{recipe}-"
-    return os.path.join(args.retrain_dir, f"{setting}-{args.dataset}-{args.net}-{forget}-seed{args.seed}-{tag}{method}")
-
-
-def retrain_checkpoint(args, setting, forget, method):
-    """Where a retrain run saves its model: named by the setting, data set, net, forget target,
-    seed and method, and a digest of every flag that changes the result, so a retrain with other
-    flags (-epochs, a schedule flag) never replaces the model earlier records were compared with."""
-    digest = hashlib.sha1(repr(records.run_identity(setting, vars(args))).encode()).hexdigest()[:10]
-    return f"{_retrain_prefix(args, setting, forget, method)}-{digest}.pth"
-
-
-def find_retrained(args, setting, forget):
-    """(path, method) of the retrained model a run of this setting, data set, net, forget target
-    and seed is compared with: retrain_full preferred to retrain; of several, the one the newest
-    record in -results names, else the newest file; None if there is none."""
-    recs = read_records(args.results)
-    for name in RETRAIN_METHODS:
-        prefix = _retrain_prefix(args, setting, forget, name)
-        named = [r.get("RetrainCheckpoint") for r in recs if isinstance(r, dict) and r.get("method") == name]
-        named = [p for p in named if isinstance(p, str) and p.startswith(prefix) and os.path.isfile(p)]
-        if named:
-            return named[-1], name
-        files = sorted(glob.glob(glob.escape(prefix) + "*.pth"), key=os.path.getmtime)
-        if files:
-            return files[-1], name
-    return None
-
-
-def compare_to_retrained(model, forget_logits, exp, args, workers, device):
-    """A retrain run saves its model (never over an existing file: the same name means the same
-    flags); any other run compares its forget-set outputs with the retrained model of the same
-    setting, data, net, target and seed (find_retrained), when there is one."""
-    if args.method in RETRAIN_METHODS:
-        path = retrain_checkpoint(args, exp.setting, exp.forget, args.method)
-        if not os.path.isfile(path):
-            try:
-                atomic_save(model.state_dict(), path)
-            except OSError as e:  # the run's record is still written
-                print(f"warning: cannot save the retrained model to {path} ({e.strerror or e}); other runs "
-                      f"cannot compare with it", file=sys.stderr)
-                return {"RetrainCheckpoint": None}
-        return {"RetrainCheckpoint": path}
-    found = find_retrained(args, exp.setting, exp.forget)
-    if found is None:
-        return {}
-    path, name = found
-    gold = load_weights(exp.build_fresh(), path, args.net, exp.num_classes).to(device)
+def divergence_from(gold, forget_logits, forget_set, workers, device):
+    """How far a model's outputs on the forget set (``forget_logits``) are from those of ``gold``
+    (a retrained model): the JS divergence and the activation distance of their softmaxes."""
     p = F.softmax(forget_logits, dim=-1)
-    q = F.softmax(logits_of(gold, exp.subset["forget_train"], workers, device, "eval retrained")[0], dim=-1)
-    return {"JSToRetrain": metrics.js_divergence(p, q), "ActDistToRetrain": metrics.activation_distance(p, q),
-            "RetrainReference": name, "RetrainCheckpoint": path}
+    q = F.softmax(logits_of(gold, forget_set, workers, device, "eval retrained")[0], dim=-1)
+    return {"JSToRetrain": metrics.js_divergence(p, q), "ActDistToRetrain": metrics.activation_distance(p, q)}

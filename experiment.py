@@ -1,5 +1,6 @@
 """The one experiment core behind the three forget_*_main.py scripts:
 load data and model -> split -> run the method -> evaluate -> record."""
+import dataclasses
 import os
 import sys
 import time
@@ -13,18 +14,13 @@ import datasets
 import hparams
 import records
 from cli import UserError, run_cli
-from evaluation import (
-    Diverged,
-    check_finite,
-    compare_to_retrained,
-    evaluate_split,
-    exact_accuracy_of,
-    loader,
-    relearn_steps,
-)
+from evaluation import Diverged, check_finite, divergence_from, evaluate_split, exact_accuracy_of, loader, relearn_steps
 from flags import check_outputs, parser_for, resolve_data, resolve_jit, resolve_method
 from methods import METHODS, UnlearnData
 from models import build_model, input_size
+from records import read_records
+from registry import RETRAIN_METHODS
+from retrained import RetrainStore
 from utils import device_name, library_versions, load_weights, now_iso, resolve_device, seed_everything
 
 # Fewest retained training images a run accepts (at least one per class as well): fine-tuning,
@@ -123,35 +119,74 @@ def prepare(args, setting, num_classes, target_id, split_fn):
                       data, model, build_fresh, pipe)
 
 
+def reseed(exp, seed):
+    """The experiment's data with every source of randomness set from ``seed``, so that a method's
+    random draws depend on the seed alone, not on what ran before (every DataLoader iterator, for
+    instance, takes a number from the default generator; the shuffled retain loader's order comes
+    from its own generator)."""
+    seed_everything(seed)
+    for ld in (exp.data.forget_train, exp.data.retain_train, exp.data.full_train):
+        if ld is not None and ld.generator is not None:
+            ld.generator.manual_seed(seed)
+    return dataclasses.replace(exp.data, seed=seed)
+
+
+def run_method(exp, method, hp, seed):
+    """Run ``method`` with hyperparameters ``hp`` on ``exp.model`` (in place), reseeded from
+    ``seed``: (the model, or None if it diverged; the seconds it took; why it diverged, or None)."""
+    data = reseed(exp, seed)
+    if METHODS[method].zero_shot:
+        data = data.without_retain()
+    t0 = time.perf_counter()
+    model, reason = None, None
+    try:
+        model = METHODS[method].fn(exp.model, data, hp, exp.device)
+    except FloatingPointError as e:
+        reason = str(e)
+    if exp.device.type == "cuda":
+        torch.cuda.synchronize()
+    return model, time.perf_counter() - t0, reason
+
+
+def save_retrained(model, identity, store):
+    """A retrain run's model, saved for the other runs to compare with: {"RetrainCheckpoint": the
+    path}, the path None (after a warning) when it cannot be written, the run's record being
+    still written."""
+    try:
+        return {"RetrainCheckpoint": store.save(model.state_dict(), identity)}
+    except OSError as e:
+        print(f"warning: cannot save the retrained model to {store.path(identity)} ({e.strerror or e}); other "
+              f"runs cannot compare with it", file=sys.stderr)
+        return {"RetrainCheckpoint": None}
+
+
+def compare_with_retrained(forget_logits, exp, found):
+    """The divergences of a run's forget-set outputs from the retrained model ``found`` ((path,
+    method) from RetrainStore.find, None: no comparison), and which model that was."""
+    if found is None:
+        return {}
+    path, name = found
+    gold = load_weights(exp.build_fresh(), path, exp.args.net, exp.num_classes).to(exp.device)
+    scores = divergence_from(gold, forget_logits, exp.subset["forget_train"], exp.workers, exp.device)
+    return dict(scores, RetrainReference=name, RetrainCheckpoint=path)
+
+
 def execute(exp, args, hp=None):
     """Run ``args.method`` with hyperparameters ``hp`` (resolved; None: resolve them from
     ``args`` with the method's table) on ``exp.model`` (in place), evaluate, append and return
     the record. A method that diverges (a non-finite loss, weights or outputs) is still
-    recorded, with ``diverged`` true, the reason, and no metrics, and a warning is printed."""
+    recorded, with ``diverged`` true, the reason, and no metrics, and a warning is printed. A
+    retrain run saves its model in -retrain_dir; any other run is compared with the retrained
+    model of its target there, when there is one."""
+    identity = records.run_identity(exp.setting, args)
     method = METHODS[args.method]
     if hp is None and method.hparams is not None:
         hp = resolve_method(args, exp.setting, None)
-    data = exp.data.without_retain() if method.zero_shot else exp.data
     model, device, workers = exp.model, exp.device, exp.workers
     forget_valid = exp.subset["forget_valid"]
     target_df = exact_accuracy_of(model, forget_valid, workers, device) if args.relearn_max_steps > 0 else None
 
-    # Reseed so the method's random draws depend on the seed alone, not on what ran before
-    # (every DataLoader iterator, for instance, takes a number from the default generator;
-    # the shuffled retain loader's order comes from its own generator).
-    seed_everything(args.seed)
-    for ld in (exp.data.forget_train, exp.data.retain_train, exp.data.full_train):
-        if ld.generator is not None:
-            ld.generator.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    diverged = None
-    try:
-        model = method.fn(model, data, hp, device)
-    except FloatingPointError as e:
-        diverged = str(e)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    method_time = time.perf_counter() - t0
+    model, method_time, diverged = run_method(exp, args.method, hp, args.seed)
 
     t0 = time.perf_counter()
     scores = {}
@@ -163,9 +198,13 @@ def execute(exp, args, hp=None):
         except Diverged as e:
             diverged = str(e)
     if diverged is None:
-        scores.update(compare_to_retrained(model, forget_logits, exp, args, workers, device))
+        store = RetrainStore(args.retrain_dir)
+        if args.method in RETRAIN_METHODS:
+            scores.update(save_retrained(model, identity, store))
+        else:
+            scores.update(compare_with_retrained(forget_logits, exp, store.find(identity, read_records(args.results))))
         if target_df is not None:
-            scores["RelearnSteps"] = relearn_steps(model, data.forget_train, forget_valid, target_df,
+            scores["RelearnSteps"] = relearn_steps(model, exp.data.forget_train, forget_valid, target_df,
                                                    args.relearn_max_steps, workers, device)
     eval_time = time.perf_counter() - t0
 

@@ -1,6 +1,6 @@
 """Forgetting quality: the first NeurIPS unlearning competition's per-example score F of each method.
 
-python forgetting_quality.py -setting fullclass -net SmallCNN -dataset Digits -classes 10 -forget_class 3 \
+python forgetting_quality.py fullclass -net SmallCNN -dataset Digits -classes 10 -forget_class 3 \
     -weight_path checkpoint/quickstart/SmallCNN-Digits.pth -K 16 -methods lipschitz_forgetting,finetune,retrain_full
 
 For one setting, data set, net and forget target: K models retrained from scratch without the
@@ -14,12 +14,11 @@ The retrained models are saved in -fq_cache, named by everything that changes th
 by every method and every later call (an interrupted call resumes from them). They train here one
 after another, or as separate runs of this command spread over GPU slots (-slots 0,1,2,3) or
 SLURM jobs (-slurm). retrain_full in -methods is the floor: the K retrained models split in two
-halves, one compared with the other (at K/2 models a side).
+halves, one compared with the other (at K/2 models a side). The score needs K_SIDE models a side,
+derived from metrics.forget_score: -K is at least that, twice that with retrain_full (-h).
 """
 import argparse
 import copy
-import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -36,13 +35,14 @@ import grid
 import hparams
 import metrics
 import records
-from cli import UserError, int_in, run_cli
+from cli import Parser, UserError, int_in, run_cli
 from evaluation import Diverged, check_finite, logits_of
-from experiment import prepare
+from experiment import prepare, reseed, run_method
 from flags import base_parser, resolve_method
 from methods import METHODS
 from records import append_record, check_results_path
-from utils import atomic_save, check_writable, device_name, library_versions, load_weights, now_iso, seed_everything
+from retrained import RetrainStore
+from utils import check_writable, device_name, library_versions, load_weights, now_iso
 
 TASKS = {m.TASK.setting: m.TASK for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
 DEFAULT_METHODS = ("baseline", "lipschitz_forgetting", "finetune", "ssd_tuning", "scrub", "retrain_full")
@@ -50,16 +50,29 @@ RETRAIN = "retrain_full"
 SCRIPT = os.path.abspath(__file__)
 
 
-def parse_args(argv):
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-setting", default="fullclass", choices=list(TASKS))
-    known, _ = pre.parse_known_args(argv)
-    task = TASKS[known.setting]
-    p = base_parser(__doc__.splitlines()[0], batch_size=task.batch, with_method=False, jit_table=task.jit)
-    p.add_argument("-setting", default="fullclass", choices=list(TASKS), help="which forget_*_main.py task")
-    task.add_args(p)
-    p.add_argument("-K", type=int_in(2), default=16,
-                   help="models per side: K retrains and K runs of each method (>= 2; >= 4 with retrain_full)")
+def smallest_side(limit=64):
+    """The fewest models a side at which the forgetting quality can be above 0: the smallest K at
+    which two sets of K identical models (ε = 0 on every example, nothing tells them apart) score
+    F > 0. Below it the ε buckets that earn points are empty, and every method scores F = 0."""
+    for k in range(2, limit):
+        if metrics.forget_score(np.zeros((k, 1)), np.zeros((k, 1))).score > 0:
+            return k
+    raise AssertionError(f"metrics.forget_score awards no point below {limit} models a side")
+
+
+K_SIDE = smallest_side()
+# K retrains plus K runs of every method, each a full training on the largest nets: far more than
+# any published use of the score (hundreds of models a side), and the most whose work can finish.
+K_MAX = 1024
+K_HELP = (f"models per side: K retrains and K runs of each method, {K_SIDE}..{K_MAX}; retrain_full's floor compares "
+          f"two halves of the K retrains, so it needs K >= {2 * K_SIDE}. With fewer than {K_SIDE} models a side "
+          f"the score is 0 for any method")
+
+
+def fq_flags():
+    """The flags of this command, beside every forget main's."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-K", type=int_in(K_SIDE, K_MAX), default=16, help=K_HELP)
     p.add_argument("-methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods to score")
     p.add_argument("-fq_cache", default="checkpoint/forgetting_quality",
                    help="folder of the K retrained models, reused by later calls")
@@ -68,9 +81,34 @@ def parse_args(argv):
                         "(e.g. 0,1,2,3 for GPUs, or cpu,cpu); unset: in this process, one after another")
     grid.add_launch_flags(p, detach=False)
     p.add_argument("-retrain_only", type=int_in(0), default=None, help=argparse.SUPPRESS)  # one spread-out retrain
-    args = p.parse_args(argv)
+    return p
+
+
+def parser():
+    """One sub-command per setting, each with its forget main's flags (its -b default, its JiT
+    table, its own flags) and this command's."""
+    description = f"{__doc__.splitlines()[0]} -K: {K_HELP}."
+    p = Parser(description=description)
+    settings = p.add_subparsers(dest="setting", required=True, metavar="SETTING",
+                                help=f"which forget main's task: {', '.join(TASKS)}")
+    common = fq_flags()
+    for name, task in TASKS.items():
+        base = base_parser(description, batch_size=task.batch, with_method=False, jit_table=task.jit)
+        task.add_args(base)
+        settings.add_parser(name, parents=[base, common], add_help=False, description=description,
+                            help=f"the task of {task_script(task)}")
+    return p
+
+
+def task_script(task):
+    return next(f"{m.__name__}.py" for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)
+                if m.TASK is task)
+
+
+def parse_args(argv):
+    args = parser().parse_args(argv)
     args.method = RETRAIN  # resolve_method reads it
-    return task, args
+    return TASKS[args.setting], args
 
 
 def method_list(text):
@@ -92,34 +130,23 @@ def hparams_of(args, setting, task, method):
     return resolve_method(a, setting, task.jit)
 
 
-def retrain_key(args, setting, forget, retrain_hp, seed):
-    """Everything that changes retrained model ``seed``: the split (setting, data, target and
-    -seed, which draws a random forget set), the model, the retain loader's batch, the
-    schedule, and the original model's file: the retrains are the reference for the models
-    unlearned from that file, and a new original is a new experiment."""
-    return dict(setting=setting, dataset=args.dataset, net=args.net, classes=getattr(args, "classes", None),
-                forget=str(forget), split_seed=args.seed, b=args.b, model_seed=seed,
-                retrain=hparams.as_record(retrain_hp), weights=os.path.basename(args.weight_path or ""))
+def retrain_identity(args, setting, retrain_hp):
+    """The identity of the K retrained models (each named by its model seed besides): the target
+    of the runs compared with them (records.TARGET_FLAGS: data set, net, forget target, -seed,
+    which draws a random forget set, recipe and split choices) and everything else that changes a
+    retrain: the retain loader's batch, the retrain's hyperparameters, and the original model's
+    file: the retrains are the reference for the models unlearned from that file, and a new
+    original is a new experiment."""
+    flags = {k: getattr(args, k, None) for k in records.TARGET_FLAGS}
+    flags.update(method=RETRAIN, b=args.b, retrain=json.dumps(hparams.as_record(retrain_hp), sort_keys=True),
+                 weights=os.path.basename(args.weight_path or ""))
+    return records.run_identity(setting, flags)
 
 
-def retrain_path(args, setting, forget, retrain_hp, seed):
-    key = retrain_key(args, setting, forget, retrain_hp, seed)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return os.path.join(args.fq_cache, f"{setting}-{args.dataset}-{args.net}-{forget}-seed{seed}-{digest}.pth")
-
-
-def seeded(exp, seed):
-    """The experiment's data with every source of randomness set from ``seed``, as
-    experiment.execute does for -seed."""
-    seed_everything(seed)
-    for ld in (exp.data.forget_train, exp.data.retain_train, exp.data.full_train):
-        if ld is not None and ld.generator is not None:
-            ld.generator.manual_seed(seed)
-    return dataclasses.replace(exp.data, seed=seed)
-
-
-def train_retrain(exp, retrain_hp, seed, path):
-    data = seeded(exp, seed)
+def train_retrain(exp, retrain_hp, seed, store, identity):
+    """Retrained model ``seed``, trained from a fresh initialisation and saved in ``store``;
+    returns the seconds it took."""
+    data = reseed(exp, seed)
     model = exp.build_fresh().to(exp.device)
     t0 = time.perf_counter()
     try:
@@ -128,15 +155,15 @@ def train_retrain(exp, retrain_hp, seed, path):
     except FloatingPointError as e:  # Diverged included
         raise UserError(f"retrain seed {seed} diverged ({e}); change the retrain schedule") from None
     try:
-        atomic_save(model.state_dict(), path)
+        store.save(model.state_dict(), identity, seed)
     except OSError as e:
-        raise UserError(f"cannot save retrained model {path}: {e.strerror or e}") from None
+        raise UserError(f"cannot save retrained model {store.path(identity, seed)}: {e.strerror or e}") from None
     return time.perf_counter() - t0
 
 
-def ensure_retrains(args, exp, task, retrain_hp, argv):
+def ensure_retrains(args, exp, retrain_hp, store, identity, argv):
     """Train the missing retrained models; returns (seconds spent, how many were trained)."""
-    paths = [retrain_path(args, exp.setting, exp.forget, retrain_hp, k) for k in range(args.K)]
+    paths = [store.path(identity, k) for k in range(args.K)]
     missing = [k for k, p in enumerate(paths) if not os.path.isfile(p)]
     cached = args.K - len(missing)
     print(f"retrained models: {cached} of {args.K} cached in {args.fq_cache}"
@@ -146,7 +173,7 @@ def ensure_retrains(args, exp, task, retrain_hp, argv):
     t0 = time.perf_counter()
     if args.slots is None and args.executor == "slots":
         for i, k in enumerate(missing, 1):
-            secs = train_retrain(exp, retrain_hp, k, paths[k])
+            secs = train_retrain(exp, retrain_hp, k, store, identity)
             print(f"retrain {i}/{len(missing)}: seed {k}, {secs:.1f} s -> {paths[k]}", flush=True)
     else:
         spread(args, missing, paths, argv)
@@ -207,39 +234,53 @@ def score(confs_u, confs_r, acc_u, acc_r):
                                RetrainRetainTestAccExact=float(dr_r), RetrainTestAccExact=float(test_r))
 
 
-def run_method(exp, args, method, hp, initial, k):
-    """One run of ``method`` from the original weights with seed ``k``: (the model, or None if
-    it diverged; the seconds it took; why it diverged, or None)."""
-    exp.model.load_state_dict(initial)
-    data = seeded(exp, k)
-    if METHODS[method].zero_shot:
-        data = data.without_retain()
-    t0 = time.perf_counter()
-    model, reason = None, None
-    try:
-        model = METHODS[method].fn(exp.model, data, hp, exp.device)
-    except FloatingPointError as e:
-        reason = str(e)
-    if exp.device.type == "cuda":
-        torch.cuda.synchronize()
-    return model, time.perf_counter() - t0, reason
+def floor_halves(k):
+    """The retrained seeds of the floor's two sides: 0..h−1 against h..2h−1, h = K // 2 (with an
+    odd K the last retrain sits out), so that both sides have h models and share none."""
+    h = k // 2
+    return list(range(h)), list(range(h, 2 * h))
+
+
+def unlearned_side(exp, method, hp, initial, k):
+    """K runs of ``method``, run k from the original weights ``initial`` with seed k: (their
+    forget-set confidences, their accuracies, seconds in the method, seconds evaluating, why a
+    run diverged or None; the lists stop at the first run that diverged)."""
+    confs, accs, method_time, eval_time = [], [], 0.0, 0.0
+    for seed in range(k):
+        exp.model.load_state_dict(initial)
+        model, secs, reason = run_method(exp, method, hp, seed)
+        method_time += secs
+        t1 = time.perf_counter()
+        try:
+            if model is None:
+                raise Diverged(reason)
+            c, *acc = outputs(model, exp)
+        except Diverged as e:
+            return confs, accs, method_time, eval_time, f"seed {seed}: {e}"
+        eval_time += time.perf_counter() - t1
+        confs.append(c.cpu())
+        accs.append(acc)
+        print(f"{method} {seed + 1}/{k}: {secs:.1f} s, Dr {acc[0]:.1f} Test {acc[1]:.1f}", flush=True)
+    return confs, accs, method_time, eval_time, None
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     task, args = parse_args(argv)
     methods = method_list(args.methods)
-    if RETRAIN in methods and args.K < 4:
-        raise UserError(f"-K {args.K}: retrain_full's floor splits the K retrains in two halves, "
-                        "so it needs -K >= 4 (or leave retrain_full out of -methods)")
+    if RETRAIN in methods and args.K < 2 * K_SIDE:
+        raise UserError(f"-K {args.K}: retrain_full's floor compares two halves of the K retrains, and the score "
+                        f"needs {K_SIDE} models a side, so it needs -K >= {2 * K_SIDE} (or leave retrain_full out "
+                        "of -methods)")
     setting = task.setting
     retrain_hp = hparams_of(args, setting, task, RETRAIN)
     method_hp = {m: hparams_of(args, setting, task, m) for m in methods}
+    store, identity = RetrainStore(args.fq_cache), retrain_identity(args, setting, retrain_hp)
     if args.retrain_only is not None:
         exp = prepare(args, setting, *task.split(args))
-        path = retrain_path(args, setting, exp.forget, retrain_hp, args.retrain_only)
+        path = store.path(identity, args.retrain_only)
         if not os.path.isfile(path):
-            secs = train_retrain(exp, retrain_hp, args.retrain_only, path)
+            secs = train_retrain(exp, retrain_hp, args.retrain_only, store, identity)
             print(f"retrain seed {args.retrain_only}: {secs:.1f} s -> {path}")
         return
     check_results_path(args.results)
@@ -251,47 +292,34 @@ def main(argv=None):
             raise UserError(str(e)) from None
     exp = prepare(args, setting, *task.split(args))
     initial = copy.deepcopy(exp.model.state_dict())
-    retrain_time, trained = ensure_retrains(args, exp, task, retrain_hp, argv)
+    retrain_time, trained = ensure_retrains(args, exp, retrain_hp, store, identity, argv)
 
     t0 = time.perf_counter()
     ref_confs, ref_acc = [], []
     model = exp.build_fresh().to(exp.device)
     for k in range(args.K):
-        load_weights(model, retrain_path(args, setting, exp.forget, retrain_hp, k), args.net, exp.num_classes)
+        load_weights(model, store.path(identity, k), args.net, exp.num_classes)
         c, *acc = outputs(model, exp)
         ref_confs.append(c.cpu())
         ref_acc.append(acc)
     ref_time = time.perf_counter() - t0
-    m_forget = len(ref_confs[0])
 
     base = dict(kind="forgetting_quality", setting=setting, dataset=args.dataset, net=args.net, forget=exp.forget,
-                forget_id=exp.target_id, seed=args.seed, K=args.K, n_forget=m_forget)
+                forget_id=exp.target_id, seed=args.seed, recipe=args.recipe, pipeline=hparams.as_record(exp.pipe),
+                K=args.K, n_forget=len(ref_confs[0]))
     for method in methods:
         hp = method_hp[method]
-        method_time, eval_time, diverged = 0.0, 0.0, None
         if method == RETRAIN:
-            h = args.K // 2
-            confs_u, acc_u, confs_r, acc_r = ref_confs[:h], ref_acc[:h], ref_confs[h:2 * h], ref_acc[h:2 * h]
-            compared = h
-            print(f"{method}: the floor, retrained seeds 0..{h - 1} against {h}..{2 * h - 1}", flush=True)
+            left, right = floor_halves(args.K)
+            confs_u, acc_u = [ref_confs[i] for i in left], [ref_acc[i] for i in left]
+            confs_r, acc_r = [ref_confs[i] for i in right], [ref_acc[i] for i in right]
+            method_time, eval_time, diverged = 0.0, 0.0, None
+            print(f"{method}: the floor, retrained seeds {left[0]}..{left[-1]} against {right[0]}..{right[-1]}",
+                  flush=True)
         else:
-            confs_u, acc_u = [], []
-            for k in range(args.K):
-                model, secs, reason = run_method(exp, args, method, hp, initial, k)
-                method_time += secs
-                t1 = time.perf_counter()
-                try:
-                    if model is None:
-                        raise Diverged(reason)
-                    c, *acc = outputs(model, exp)
-                except Diverged as e:
-                    diverged = f"seed {k}: {e}"
-                    break
-                eval_time += time.perf_counter() - t1
-                confs_u.append(c.cpu())
-                acc_u.append(acc)
-                print(f"{method} {k + 1}/{args.K}: {secs:.1f} s, Dr {acc[0]:.1f} Test {acc[1]:.1f}", flush=True)
-            confs_r, acc_r, compared = ref_confs, ref_acc, args.K
+            confs_u, acc_u, method_time, eval_time, diverged = unlearned_side(exp, method, hp, initial, args.K)
+            confs_r, acc_r = ref_confs, ref_acc
+        compared = len(confs_r)
         record = dict(base, method=method, K_compared=compared, diverged=diverged is not None)
         if method == "lipschitz_forgetting":
             record.update(sigma=hp.sigma, eta=hp.eta, n_samples=hp.n_samples)

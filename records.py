@@ -1,39 +1,91 @@
-"""Run records: what identifies a run, the code version, and record I/O: checking a results
-file before any work, appending one record (a strict-JSON line in -results, mirrored to Weights &
-Biases when asked) and reading them back. Imports no torch."""
+"""Run records: what identifies a run (RunIdentity) and which runs are compared with each other
+(its target), the code version, and record I/O: checking a results file before any work,
+appending one record (a strict-JSON line in -results, mirrored to Weights & Biases when asked)
+and reading them back. Imports no torch."""
 import datetime
 import fcntl
+import hashlib
 import json
 import math
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
 from cli import UserError
+from hparams import RECIPES
 from utils import check_writable
 
 # Flags that do not change what a run computes; every other flag is part of its identity.
 NOT_IDENTITY = {"results", "wandb", "workers", "skip_existing", "gpu", "data_root", "retrain_dir"}
 
+# The flags that decide which images a run forgets and retains, and what it is compared with:
+# runs that agree on all of them (and on the setting) form one target. They are compared with one
+# another and with a retrained model of the same target. The recipe is one of them: it sets the
+# split flags' defaults and every method's hyperparameters. The split flags, unset (None), take
+# the recipe's value.
+TARGET_FLAGS = ("dataset", "net", "forget_class", "forget_perc", "seed", "recipe", "split_draw", "pins_split")
+DEFAULT_RECIPE = RECIPES[0]
+
 _REPO = os.path.dirname(os.path.abspath(__file__))
 _VERSION = []
 
 
-def run_identity(setting, args_dict):
-    """What makes two runs the same run (for -skip_existing): the setting and every flag
-    that can change the result."""
-    return (setting, tuple(sorted((k, str(v)) for k, v in args_dict.items() if k not in NOT_IDENTITY)))
+def _text(value):
+    """A flag's value as the identity holds it: text, a tuple written as the list a JSON record
+    gives back, so that a run and its record have the same identity."""
+    return str(list(value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What makes two runs the same run: the setting and every flag that can change the result
+    (all but NOT_IDENTITY), as (name, text) pairs sorted by name. Built by ``run_identity`` for a
+    run about to start and by ``record_identity`` for a recorded one."""
+    setting: Optional[str]
+    flags: Tuple[Tuple[str, str], ...]
+
+    def flag(self, name):
+        """The flag's value as text; None where the run has no such flag or left it unset."""
+        value = dict(self.flags).get(name)
+        return None if value == "None" else value
+
+    def target(self):
+        """(name, value) pairs of the run's target: the setting, data set, net, forget target
+        (class or fraction), seed, recipe (a record without one ran the default recipe) and
+        split flags. Runs of one target share their forget set."""
+        values = {n: self.flag(n) for n in TARGET_FLAGS if n not in ("forget_class", "forget_perc")}
+        values["recipe"] = values["recipe"] or DEFAULT_RECIPE
+        forget = self.flag("forget_class") or self.flag("forget_perc")
+        return (("setting", self.setting), ("forget", forget), *values.items())
+
+    def digest(self, *extra):
+        """Ten hex digits of SHA-1 over the identity (and ``extra``, e.g. a model seed)."""
+        key = (self.setting, self.flags, *extra)
+        return hashlib.sha1(repr(key).encode()).hexdigest()[:10]
+
+
+def run_identity(setting, args):
+    """The identity of a run of ``setting`` with flags ``args`` (a namespace or a dict)."""
+    flags = args if isinstance(args, dict) else vars(args)
+    return RunIdentity(setting, tuple(sorted((k, _text(v)) for k, v in flags.items() if k not in NOT_IDENTITY)))
+
+
+def record_identity(record):
+    """The identity of the run that wrote ``record``; None for a line that is no run's record."""
+    if not isinstance(record, dict) or not isinstance(record.get("args"), dict):
+        return None
+    return run_identity(record.get("setting"), record["args"])
 
 
 def recorded(args, setting):
     """The record of this exact run (same setting and result-changing flags) in -results, or None."""
-    identity = run_identity(setting, vars(args))
-    return next((r for r in read_records(args.results)
-                 if isinstance(r, dict) and isinstance(r.get("args"), dict)
-                 and run_identity(r.get("setting"), r["args"]) == identity), None)
+    identity = run_identity(setting, args)
+    return next((r for r in read_records(args.results) if record_identity(r) == identity), None)
 
 
 def code_version():

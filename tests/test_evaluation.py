@@ -136,3 +136,31 @@ def test_summary_picks_the_best_dr_under_the_df_target():
     best = sweep.summarise(pts, retrain_df=0.0)
     assert list(best.values())[0]["RetainTestAcc"] == 70.0
     assert list(sweep.summarise(pts, retrain_df=-10.0).values()) == [None]
+
+
+def test_evaluation_takes_no_argument_bag():
+    """evaluation.py computes metrics from models and data: no function takes the command line's
+    namespace (a parameter named or annotated as one), and nothing there reads a flag off an
+    object (an attribute named as any flag of the forget mains, such as .seed or .retrain_dir)."""
+    import ast
+    import inspect
+
+    import evaluation
+    import forget_full_class_main
+    import forget_random_main
+    import forget_sub_class_main
+    from flags import parser_for
+
+    tree = ast.parse(inspect.getsource(evaluation))
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.Lambda))]
+    assert len(functions) >= 8
+    params = [a for f in functions for a in (*f.args.posonlyargs, *f.args.args, *f.args.kwonlyargs)]
+    assert not [a.arg for a in params if a.arg in ("args", "namespace", "opts", "cfg", "config")]
+    assert not [a.arg for a in params if a.annotation is not None and "Namespace" in ast.unparse(a.annotation)]
+    dests = {a.dest for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)
+             for a in parser_for(m.TASK)._actions}
+    assert {"seed", "retrain_dir", "results", "net"} <= dests
+    read = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert read & dests == set()
+    assert "argparse" not in {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                              for a in n.names} | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

@@ -744,20 +744,21 @@ def test_jit_starts_from_the_generator_reseeded_by_seed_not_the_references_consu
 def test_a_run_is_compared_only_with_a_retrain_of_its_own_recipe(tmp_path):
     """A corrected run must not pick up the reference recipe's retrained model (nor the other way
     round), even when it is the only one on disk."""
-    from types import SimpleNamespace
+    import records
+    from retrained import RetrainStore
 
-    import evaluation
+    store = RetrainStore(str(tmp_path))
 
-    def args(recipe):
-        return SimpleNamespace(retrain_dir=str(tmp_path), dataset="Digits", net="SmallCNN", seed=0, method="retrain_full",
-                               recipe=recipe, results=str(tmp_path / "none.jsonl"))
+    def ident(recipe):
+        return records.run_identity("fullclass", dict(dataset="Digits", net="SmallCNN", seed=0, method="retrain_full",
+                                                      recipe=recipe, forget_class="3"))
 
-    ref = evaluation.retrain_checkpoint(args("reference"), "fullclass", "3", "retrain_full")
+    ref = store.path(ident("reference"))
     open(ref, "wb").close()
-    assert evaluation.find_retrained(args("corrected"), "fullclass", "3") is None
-    assert evaluation.find_retrained(args("reference"), "fullclass", "3") == (ref, "retrain_full")
-    cor = evaluation.retrain_checkpoint(args("corrected"), "fullclass", "3", "retrain_full")
+    assert store.find(ident("corrected"), []) is None
+    assert store.find(ident("reference"), []) == (ref, "retrain_full")
+    cor = store.path(ident("corrected"))
     open(cor, "wb").close()
     os.utime(ref, (2e9, 2e9))  # the reference file is the newer one
-    assert evaluation.find_retrained(args("corrected"), "fullclass", "3") == (cor, "retrain_full")
+    assert store.find(ident("corrected"), []) == (cor, "retrain_full")
     assert "corrected" in os.path.basename(cor) and "corrected" not in os.path.basename(ref)

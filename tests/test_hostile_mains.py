@@ -11,9 +11,11 @@ import pytest
 import torch
 from helpers import run_inprocess
 
-import evaluation
+import experiment
 import models
 import records
+from records import read_records
+from retrained import RetrainStore
 
 FULL = ["forget_full_class_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10", "-forget_class", "3"]
 
@@ -61,36 +63,42 @@ def test_a_random_split_leaving_too_few_retained_images_is_refused_with_its_size
 
 def _args(tmp_path, **kw):
     base = dict(retrain_dir=str(tmp_path), dataset="Digits", net="SmallCNN", seed=0, method="retrain_full",
-                epochs=None, results=str(tmp_path / "r.jsonl"), workers=None, gpu=False)
+                epochs=None, results=str(tmp_path / "r.jsonl"), workers=None, gpu=False, forget_class="3")
     return SimpleNamespace(**{**base, **kw})
 
 
 def test_a_retrain_with_other_flags_gets_its_own_file_and_never_replaces_one(tmp_path):
     a, b = _args(tmp_path), _args(tmp_path, epochs=1)
-    pa = evaluation.retrain_checkpoint(a, "fullclass", "3", "retrain_full")
-    pb = evaluation.retrain_checkpoint(b, "fullclass", "3", "retrain_full")
+    store = RetrainStore(str(tmp_path))
+    pa = store.path(records.run_identity("fullclass", a))
+    pb = store.path(records.run_identity("fullclass", b))
     assert pa != pb
-    assert pa == evaluation.retrain_checkpoint(_args(tmp_path, results="other.jsonl", workers=2), "fullclass", "3",
-                                               "retrain_full")  # flags that change nothing keep the name
-    exp = SimpleNamespace(setting="fullclass", forget="3")
+    assert pa == store.path(records.run_identity("fullclass", _args(tmp_path, results="other.jsonl", workers=2))
+                            )  # flags that change nothing keep the name
     first = models.SmallCNN(10)
-    evaluation.compare_to_retrained(first, None, exp, a, 0, torch.device("cpu"))
-    evaluation.compare_to_retrained(models.SmallCNN(10), None, exp, a, 0, torch.device("cpu"))  # same flags again
+    experiment.save_retrained(first, records.run_identity("fullclass", a), store)
+    experiment.save_retrained(models.SmallCNN(10), records.run_identity("fullclass", a), store)  # same flags again
     saved = torch.load(pa, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in first.state_dict().items())
 
 
 def test_runs_compare_with_the_retrained_model_the_newest_record_names(tmp_path):
     args = _args(tmp_path, method="baseline")
+    store = RetrainStore(str(tmp_path))
+
+    def find(forget="3"):
+        return store.find(records.run_identity("fullclass", vars(args) | {"forget_class": forget}),
+                          read_records(args.results))
+
     older = tmp_path / "fullclass-Digits-SmallCNN-3-seed0-retrain_full-aaaaaaaaaa.pth"
     newer = tmp_path / "fullclass-Digits-SmallCNN-3-seed0-retrain_full-bbbbbbbbbb.pth"
     for when, p in enumerate((older, newer)):
         torch.save(models.SmallCNN(10).state_dict(), p)
         os.utime(p, (1e9 + when, 1e9 + when))
-    assert evaluation.find_retrained(args, "fullclass", "3") == (str(newer), "retrain_full")  # newest file
+    assert find() == (str(newer), "retrain_full")  # newest file
     (tmp_path / "r.jsonl").write_text(json.dumps({"method": "retrain_full", "RetrainCheckpoint": str(older)}) + "\n")
-    assert evaluation.find_retrained(args, "fullclass", "3") == (str(older), "retrain_full")  # what records name
-    assert evaluation.find_retrained(args, "fullclass", "4") is None
+    assert find() == (str(older), "retrain_full")  # what records name
+    assert find("4") is None
 
 
 def test_a_failing_wandb_mirror_is_one_warning_and_the_record_stays(monkeypatch, capsys, tmp_path):

@@ -24,8 +24,12 @@ from helpers import Triples, literal_js
 from torch.utils.data import DataLoader, get_worker_info
 
 import evaluation
+import experiment
 import records
+import retrained
 from cli import UserError
+from records import read_records
+from retrained import RetrainStore
 
 CPU = torch.device("cpu")
 
@@ -389,15 +393,24 @@ def retrain_args(tmp_path, **kw):
     return SimpleNamespace(**{**base, **kw})
 
 
+def identity(args, setting="fullclass", forget="3"):
+    return records.run_identity(setting, dict(vars(args), forget_class=forget))
+
+
+def find_retrained(args, setting="fullclass", forget="3"):
+    return RetrainStore(args.retrain_dir).find(identity(args, setting, forget), read_records(args.results))
+
+
 def test_retrain_checkpoint_name():
     # setting-dataset-net-forget-seedN-method, then the first ten hex digits of the SHA-1 of the
     # run's identity (the setting and every flag that changes the result).
     args = retrain_args(Path("/ck"), seed=7, method="retrain")
-    digest = hashlib.sha1(repr(records.run_identity("subclass", vars(args))).encode()).hexdigest()[:10]
-    got = evaluation.retrain_checkpoint(args, "subclass", "rocket", "retrain")
+    ident = identity(args, "subclass", "rocket")
+    digest = hashlib.sha1(repr((ident.setting, ident.flags)).encode()).hexdigest()[:10]
+    got = RetrainStore(args.retrain_dir).path(ident)
     assert got == os.path.join("/ck", f"subclass-Digits-Lin-rocket-seed7-retrain-{digest}.pth")
     assert len(digest) == 10 and digest != hashlib.sha1(
-        repr(records.run_identity(None, vars(args))).encode()).hexdigest()[:10]
+        repr((None, ident.flags)).encode()).hexdigest()[:10]
 
 
 def test_find_retrained_takes_the_newest_file_by_time_not_by_name(tmp_path):
@@ -407,7 +420,7 @@ def test_find_retrained_takes_the_newest_file_by_time_not_by_name(tmp_path):
     for when, p in ((1, newer), (0, older)):
         torch.save({}, p)
         os.utime(p, (1e9 + when, 1e9 + when))
-    assert evaluation.find_retrained(args, "fullclass", "3") == (str(newer), "retrain_full")
+    assert find_retrained(args) == (str(newer), "retrain_full")
 
 
 def test_find_retrained_reads_only_the_records_of_retrain_runs(tmp_path):
@@ -421,21 +434,22 @@ def test_find_retrained_reads_only_the_records_of_retrain_runs(tmp_path):
     lines = [{"method": "retrain_full", "RetrainCheckpoint": str(z)},
              {"method": "baseline", "RetrainCheckpoint": str(a)}]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert evaluation.find_retrained(args, "fullclass", "3") == (str(z), "retrain_full")
+    assert find_retrained(args) == (str(z), "retrain_full")
     (tmp_path / "r.jsonl").write_text("[1, 2]\n" + (tmp_path / "r.jsonl").read_text() + "3\n")
-    assert evaluation.find_retrained(args, "fullclass", "3") == (str(z), "retrain_full")
+    assert find_retrained(args) == (str(z), "retrain_full")
 
 
 def lin_exp(x):
     return SimpleNamespace(setting="fullclass", forget="3", num_classes=3, build_fresh=lambda: nn.Linear(4, 3),
-                           subset={"forget_train": rows(x, torch.zeros(len(x)))})
+                           subset={"forget_train": rows(x, torch.zeros(len(x)))}, args=SimpleNamespace(net="Lin"),
+                           workers=0, device=CPU)
 
 
 def test_a_retrain_run_returns_the_checkpoint_it_saved(tmp_path):
     args = retrain_args(tmp_path)
     model = nn.Linear(4, 3)
-    got = evaluation.compare_to_retrained(model, None, lin_exp(torch.zeros(2, 4)), args, 0, CPU)
-    path = evaluation.retrain_checkpoint(args, "fullclass", "3", "retrain_full")
+    got = experiment.save_retrained(model, identity(args), RetrainStore(args.retrain_dir))
+    path = RetrainStore(args.retrain_dir).path(identity(args))
     assert got == {"RetrainCheckpoint": path}
     assert os.path.basename(path).startswith("fullclass-Digits-Lin-3-seed0-retrain_full-")
     saved = torch.load(path, weights_only=True)
@@ -448,10 +462,10 @@ def test_a_retrain_run_that_cannot_save_its_model_warns_and_returns_no_checkpoin
     def full(obj, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(evaluation, "atomic_save", full)
+    monkeypatch.setattr(retrained, "atomic_save", full)
     args = retrain_args(tmp_path)
-    got = evaluation.compare_to_retrained(nn.Linear(4, 3), None, lin_exp(torch.zeros(2, 4)), args, 0, CPU)
-    path = evaluation.retrain_checkpoint(args, "fullclass", "3", "retrain_full")
+    got = experiment.save_retrained(nn.Linear(4, 3), identity(args), RetrainStore(args.retrain_dir))
+    path = RetrainStore(args.retrain_dir).path(identity(args))
     assert got == {"RetrainCheckpoint": None}
     out, err = capsys.readouterr()
     assert out == ""
@@ -467,8 +481,8 @@ def test_compare_to_retrained_against_the_hand_computed_divergences(tmp_path):
     torch.save(gold.state_dict(), path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        got = evaluation.compare_to_retrained(nn.Linear(4, 3), forget_lg, lin_exp(x),
-                                              retrain_args(tmp_path, method="baseline"), 0, CPU)
+        got = experiment.compare_with_retrained(forget_lg, lin_exp(x),
+                                                find_retrained(retrain_args(tmp_path, method="baseline")))
     assert no_warning_about(caught, "softmax")  # explicit dims over the classes
     assert set(got) == {"JSToRetrain", "ActDistToRetrain", "RetrainReference", "RetrainCheckpoint"}
     assert (got["RetrainReference"], got["RetrainCheckpoint"]) == ("retrain", str(path))
@@ -481,5 +495,5 @@ def test_compare_to_retrained_against_the_hand_computed_divergences(tmp_path):
 def test_a_retrained_checkpoint_that_does_not_fit_names_the_net_and_classes(tmp_path):
     torch.save(nn.Linear(5, 3).state_dict(), tmp_path / "fullclass-Digits-Lin-3-seed0-retrain_full-0123456789.pth")
     with pytest.raises(UserError, match="does not fit -net Lin with 3 classes: "):
-        evaluation.compare_to_retrained(nn.Linear(4, 3), torch.zeros(2, 3), lin_exp(torch.zeros(2, 4)),
-                                        retrain_args(tmp_path, method="baseline"), 0, CPU)
+        experiment.compare_with_retrained(torch.zeros(2, 3), lin_exp(torch.zeros(2, 4)),
+                                          find_retrained(retrain_args(tmp_path, method="baseline")))

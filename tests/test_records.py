@@ -153,3 +153,56 @@ def test_one_parser_names_each_bad_line_and_reads_not_a_number_as_null(tmp_path)
                                                (5, None, "not UTF-8 text"), (6, None, "not JSON")]
     (tmp_path / "r.jsonl").write_bytes(data)
     assert read_records(tmp_path / "r.jsonl") == [{"a": 1}, {"a": None}]
+
+
+# ---- run identity ------------------------------------------------------------------------------
+
+def _run_args(tmp_path, **kw):
+    from types import SimpleNamespace
+
+    base = dict(results=str(tmp_path / "r.jsonl"), wandb="disabled", dataset="Digits", net="SmallCNN",
+                forget_class="3", seed=0, method="baseline", recipe="reference", split_draw=None, pins_split=None,
+                retrain_milestones=None, workers=None, gpu=False)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_a_run_of_another_recipe_is_not_the_recorded_run(tmp_path):
+    import records
+
+    reference, corrected = _run_args(tmp_path), _run_args(tmp_path, recipe="corrected")
+    records.write(reference, dict(setting="fullclass", args=dict(vars(reference)), Df=1.0))
+    assert records.recorded(corrected, "fullclass") is None
+    assert records.recorded(reference, "fullclass")["Df"] == 1.0
+    assert records.run_identity("fullclass", reference) != records.run_identity("fullclass", corrected)
+    assert records.run_identity("fullclass", reference).target() != records.run_identity("fullclass", corrected).target()
+
+
+def test_a_run_with_a_tuple_flag_is_its_own_record_read_back(tmp_path):
+    # JSON gives a tuple back as a list: the run and its record still have one identity
+    import records
+
+    args = _run_args(tmp_path, retrain_milestones=(10, 15))
+    records.write(args, dict(setting="fullclass", args=dict(vars(args)), Df=2.0))
+    assert records.recorded(args, "fullclass")["Df"] == 2.0
+    assert records.recorded(_run_args(tmp_path, retrain_milestones=(10, 16)), "fullclass") is None
+
+
+def test_the_target_holds_what_decides_the_forget_set_and_nothing_else(tmp_path):
+    import records
+
+    def target(**kw):
+        return records.run_identity("fullclass", _run_args(tmp_path, **kw)).target()
+
+    assert target() == (("setting", "fullclass"), ("forget", "3"), ("dataset", "Digits"), ("net", "SmallCNN"),
+                        ("seed", "0"), ("recipe", "reference"), ("split_draw", None), ("pins_split", None))
+    # another method, another schedule, another output: the same target
+    assert target(method="retrain_full", retrain_milestones=(1, 2), results="x.jsonl") == target()
+    changed = [target(forget_class="4"), target(dataset="Digits5"), target(net="ViT"), target(seed=1),
+               target(recipe="corrected"), target(split_draw="own_generator"), target(pins_split="per_person"),
+               records.run_identity("random", _run_args(tmp_path)).target()]
+    assert len(set(changed)) == len(changed) and target() not in changed
+    # a random run's target is its forget fraction; a record without a recipe ran the default one
+    perc = records.run_identity("random", {"forget_perc": 0.05, "seed": 2, "dataset": "Digits", "net": "SmallCNN"})
+    assert dict(perc.target())["forget"] == "0.05" and dict(perc.target())["recipe"] == "reference"
+    old = {"setting": "random", "args": {"forget_perc": 0.05, "seed": 2, "dataset": "Digits", "net": "SmallCNN"}}
+    assert records.record_identity(old) == perc and records.record_identity(["not", "a", "record"]) is None
