@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import grid
+import launch
 
 REPO = Path(__file__).resolve().parent.parent
 WRAPPERS = sorted(p.name for p in REPO.glob("*_exps_*.sh"))
@@ -179,12 +180,12 @@ STAMP = "import sys, time; time.sleep(float(sys.argv[2])); open(sys.argv[1], 'a'
 
 
 def test_run_grid_finishes_a_stage_before_the_next_and_goes_on_after_a_failure(tmp_path):
-    first = [grid.Run(_py(STAMP, tmp_path / f"a{i}", "0.3"), f"a{i}", str(tmp_path / f"a{i}.log")) for i in range(3)]
-    broken = grid.Run(_py("import sys; print('broken'); sys.exit(3)"), "broken", str(tmp_path / "logs" / "b.log"))
-    later = [grid.Run(_py(STAMP, tmp_path / f"b{i}", "0"), f"b{i}", str(tmp_path / f"b{i}.log"), stage=1)
+    first = [launch.Run(_py(STAMP, tmp_path / f"a{i}", "0.3"), f"a{i}", str(tmp_path / f"a{i}.log")) for i in range(3)]
+    broken = launch.Run(_py("import sys; print('broken'); sys.exit(3)"), "broken", str(tmp_path / "logs" / "b.log"))
+    later = [launch.Run(_py(STAMP, tmp_path / f"b{i}", "0"), f"b{i}", str(tmp_path / f"b{i}.log"), stage=1)
              for i in range(2)]
     lines = []
-    outcomes = grid.run_grid(later + [broken] + first, slots=["cpu", "cpu"], echo=lines.append)
+    outcomes = launch.run_grid(later + [broken] + first, slots=["cpu", "cpu"], echo=lines.append)
     assert len(outcomes) == 6 and [o.ok for o in outcomes].count(False) == 1
     bad = next(o for o in outcomes if not o.ok)
     assert bad.run is broken and bad.returncode == 3
@@ -199,11 +200,11 @@ def test_run_grid_finishes_a_stage_before_the_next_and_goes_on_after_a_failure(t
 
 def test_a_gpu_slot_gets_its_device_and_the_gpu_flag(tmp_path):
     show = "import os, sys; print(os.environ.get('CUDA_VISIBLE_DEVICES'), sys.argv[1:])"
-    runs = [grid.Run(_py(show, "x"), "gpu", str(tmp_path / "gpu.log")),
-            grid.Run(_py(show, "x"), "cpu", str(tmp_path / "cpu.log"), stage=1)]
+    runs = [launch.Run(_py(show, "x"), "gpu", str(tmp_path / "gpu.log")),
+            launch.Run(_py(show, "x"), "cpu", str(tmp_path / "cpu.log"), stage=1)]
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    assert all(o.ok for o in grid.run_grid(runs[:1], slots=["7"], echo=lambda line: None))
-    assert all(o.ok for o in grid.run_grid(runs[1:], slots=["cpu"], echo=lambda line: None))
+    assert all(o.ok for o in launch.run_grid(runs[:1], slots=["7"], echo=lambda line: None))
+    assert all(o.ok for o in launch.run_grid(runs[1:], slots=["cpu"], echo=lambda line: None))
     assert (tmp_path / "gpu.log").read_text() == "7 ['x', '-gpu']\n"
     assert (tmp_path / "cpu.log").read_text() == "None ['x']\n"
 
@@ -217,8 +218,8 @@ def test_runs_side_by_side_share_the_cores_out_and_a_users_thread_setting_wins(t
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
     def threads_seen(slots, n=2):
-        runs = [grid.Run(_py(show, tmp_path / f"t{i}"), f"t{i}", str(tmp_path / f"t{i}.log")) for i in range(n)]
-        assert all(o.ok for o in grid.run_grid(runs, slots=slots, echo=lambda line: None))
+        runs = [launch.Run(_py(show, tmp_path / f"t{i}"), f"t{i}", str(tmp_path / f"t{i}.log")) for i in range(n)]
+        assert all(o.ok for o in launch.run_grid(runs, slots=slots, echo=lambda line: None))
         return {(tmp_path / f"t{i}").read_text() for i in range(n)}
 
     assert threads_seen(["cpu", "cpu"]) == {"2"}
@@ -226,13 +227,13 @@ def test_runs_side_by_side_share_the_cores_out_and_a_users_thread_setting_wins(t
     assert threads_seen(["cpu"]) == {"None"}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads_seen(["cpu", "cpu"]) == {"3"}
-    assert grid.threads_per_slot(8) == 1
+    assert launch.threads_per_slot(8) == 1
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_runs_in_flight(tmp_path, signum):
     sleeper = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
-    runs = [grid.Run(_py(sleeper, tmp_path / f"pid{i}"), f"s{i}", str(tmp_path / f"s{i}.log")) for i in range(2)]
-    runs.append(grid.Run(_py(sleeper, tmp_path / "never"), "later", str(tmp_path / "later.log"), stage=1))
+    runs = [launch.Run(_py(sleeper, tmp_path / f"pid{i}"), f"s{i}", str(tmp_path / f"s{i}.log")) for i in range(2)]
+    runs.append(launch.Run(_py(sleeper, tmp_path / "never"), "later", str(tmp_path / "later.log"), stage=1))
 
     def send():
         deadline = time.time() + 60
@@ -243,8 +244,8 @@ def test_a_signal_stops_the_runs_in_flight(tmp_path, signum):
     before = signal.getsignal(signum)
     threading.Thread(target=send, daemon=True).start()
     t0 = time.time()
-    with pytest.raises(grid.Interrupted) as caught:
-        grid.run_grid(runs, slots=["cpu", "cpu"], echo=lambda line: None)
+    with pytest.raises(launch.Interrupted) as caught:
+        launch.run_grid(runs, slots=["cpu", "cpu"], echo=lambda line: None)
     assert caught.value.exit_code == 128 + signum
     assert time.time() - t0 < 30
     for i in range(2):
@@ -397,7 +398,7 @@ def test_slurm_queues_the_other_runs_behind_the_retrains(monkeypatch, tmp_path, 
         assert ("#SBATCH --dependency=afterany:12:13\n" in sbatch) == (job in ("14", "15"))
         with open(folder / f"{job}_submitted.pkl", "rb") as f:
             delayed = pickle.load(f)
-        cmd, log, cwd = delayed.args
+        cmd, log, cwd, claim = delayed.args
         assert cmd[-2:] == ["-skip_existing", "-gpu"] and cmd[:2] == [sys.executable, str(REPO / DIGITS["main"])]
         assert ("-seed", "4") == tuple(cmd[cmd.index("-seed"):cmd.index("-seed") + 2])
         assert log.startswith(str(tmp_path / "r-logs" / "forget_full_class_main-"))
@@ -410,12 +411,12 @@ def test_one_slurm_executor_serves_several_calls_of_run_grid(tmp_path):
     from submitit.slurm.test_slurm import mocked_slurm
 
     p = argparse.ArgumentParser()
-    grid.add_launch_flags(p)
+    launch.add_launch_flags(p)
     with mocked_slurm():
-        executor = grid.executor_from_flags(p.parse_args(["-slurm"]), tmp_path / "jobs", "t")
-        runs = [grid.Run(("true",), "a"), grid.Run(("true",), "b", stage=1)]
-        first = grid.run_grid(runs, executor=executor, detach=True, echo=lambda line: None)
-        again = grid.run_grid(runs[:1], executor=executor, detach=True, echo=lambda line: None)
+        executor = launch.executor_from_flags(p.parse_args(["-slurm"]), tmp_path / "jobs", "t")
+        runs = [launch.Run(("true",), "a"), launch.Run(("true",), "b", stage=1)]
+        first = launch.run_grid(runs, executor=executor, detach=True, echo=lambda line: None)
+        again = launch.run_grid(runs[:1], executor=executor, detach=True, echo=lambda line: None)
     assert [o.where for o in first + again] == ["job 12", "job 13", "job 14"]
     assert "--dependency=afterany:12\n" in (tmp_path / "jobs" / "13_submission.sh").read_text()
     assert "--dependency" not in (tmp_path / "jobs" / "14_submission.sh").read_text()
