@@ -170,6 +170,113 @@ def test_launch_flags_that_do_not_fit_are_refused(monkeypatch, tmp_path, capsys,
     assert message in capsys.readouterr().err
 
 
+# ---- input refused before any run ---------------------------------------------------------------
+
+def _stub_grid(tmp_path, **fields):
+    """A grid file whose main exits at once (a run that costs a Python start), and a weight file."""
+    (tmp_path / "stub.py").write_text("import sys; sys.exit(0)\n")
+    (tmp_path / "w.pth").write_bytes(b"")
+    return _grid_file(tmp_path, **{"main": str(tmp_path / "stub.py"), "targets": ["-forget_class 1"],
+                                   "methods": ["baseline", "retrain_full"], **fields})
+
+
+def _refused(capsys, rc, *words):
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert all(w in err for w in words), err
+
+
+@pytest.mark.parametrize("seed", ["²", "١", "4294967296", "9" * 5000])
+def test_a_seed_that_is_not_written_in_0_to_9_within_the_seed_range_gets_the_usage(monkeypatch, tmp_path, capsys,
+                                                                                 seed):
+    """str.isdigit and int() accept other scripts' digits ('²' then fails in int()) and any
+    length (5,000 digits fail in int())."""
+    spec = _stub_grid(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        _cli(monkeypatch, tmp_path, spec, "cpu", seed, tmp_path / "w.pth")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("usage:") and "SEED must be a whole number in 0..4294967295" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r.jsonl").exists()
+
+
+def test_slurm_on_a_machine_without_slurm_names_the_flag_and_the_local_alternative(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("submitit")
+    (tmp_path / "w.pth").write_bytes(b"")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
+    rc = _cli(monkeypatch, tmp_path, "cifar10_random_vgg", "0", tmp_path / "w.pth", "-slurm")
+    _refused(capsys, rc, "-slurm needs SLURM", "no srun", "drop -slurm", "cpu")
+
+
+@pytest.mark.parametrize("extra, flag", [("-method retrain", "-method"), ("-forget_class=2", "-forget_class"),
+                                         ("-meth retrain", "-meth"), ("-seed 3", "-seed"), ("-b 32", "-b"),
+                                         ("-data_root /d -gpu", "-gpu")])
+def test_extra_args_cannot_set_a_flag_the_grid_sets(monkeypatch, tmp_path, capsys, extra, flag):
+    """Every target or method would become the same run: the mains take a flag's last value
+    and accept abbreviations."""
+    rc = _cli(monkeypatch, tmp_path, _stub_grid(tmp_path), "cpu", "0", tmp_path / "w.pth", EXTRA_ARGS=extra)
+    _refused(capsys, rc, f"EXTRA_ARGS sets {flag},")
+    assert not (tmp_path / "r-logs").exists()
+
+
+def test_results_that_is_not_a_regular_file_is_refused(monkeypatch, tmp_path, capsys):
+    spec = _stub_grid(tmp_path)
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    for results in (tmp_path / "folder", tmp_path / "fifo", "/dev/null"):
+        _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth", RESULTS=str(results)),
+                 f"RESULTS {results} is not a regular file")
+    _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth", RESULTS="a\nb.jsonl"),
+             "control character")
+
+
+def test_a_weight_file_that_is_not_a_regular_file_is_refused(monkeypatch, tmp_path, capsys):
+    spec = _stub_grid(tmp_path)
+    os.mkfifo(tmp_path / "fifo")  # every run would block opening it
+    for weights in (tmp_path, tmp_path / "fifo"):
+        _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", weights), f"weight file {weights} is not a "
+                                                                                 "regular file")
+
+
+def test_more_slots_than_the_cores_can_drive_are_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    spec = _stub_grid(tmp_path)
+    assert launch.parse_slots("0,0,cpu,cpu") == ["0", "0", "cpu", "cpu"]
+    _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu,cpu,0,0,1", "0", tmp_path / "w.pth"),
+             "5 slots", "at most 4 runs side by side")
+
+
+def test_a_grid_that_cannot_finish_or_has_no_runs_is_refused(monkeypatch, tmp_path, capsys):
+    spec = _stub_grid(tmp_path)
+    monkeypatch.setattr(grid, "MAX_RUNS", 1)
+    _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth"), "has 2 runs; at most 1")
+    spec.write_text(json.dumps(json.loads(spec.read_text())) + " " * grid.MAX_GRID_FILE_BYTES)
+    _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth"), "over 1 MiB")
+    for fields, message in (({"targets": []}, "has no runs"), ({"main": "no_such_main.py"}, "is not a file")):
+        spec = _stub_grid(tmp_path, **fields)
+        _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth"), message)
+    assert not (tmp_path / "r-logs").exists()
+
+
+@pytest.mark.parametrize("flags", [["-slurm_extra", "comment=x\nrm -rf ~"], ["-partition", "gpu\necho"],
+                                   ["-slurm_extra", "a b=1"]])
+def test_a_line_break_cannot_reach_the_sbatch_script(monkeypatch, tmp_path, capsys, flags):
+    pytest.importorskip("submitit")
+    from submitit.slurm.test_slurm import mocked_slurm
+
+    with mocked_slurm():
+        rc = _cli(monkeypatch, tmp_path, _stub_grid(tmp_path), "4", tmp_path / "w.pth", "-slurm", "-detach", *flags)
+    _refused(capsys, rc)
+    assert not (tmp_path / "r-submitit").exists()
+
+
+def test_a_run_that_cannot_start_is_a_failed_run(tmp_path):
+    lines = []
+    outcomes = launch.run_grid([launch.Run((str(tmp_path / "no-such-program"),), "gone"),
+                                launch.Run(("true",), "fine")], echo=lines.append)
+    assert [(o.run.name, o.ok) for o in outcomes] == [("gone", False), ("fine", True)]
+    assert outcomes[0].note.startswith("cannot start: ") and any("failed (cannot start: " in line for line in lines)
+
+
 # ---- run_grid on local slots (tiny Python commands) ------------------------------------------
 
 def _py(code, *args):
