@@ -82,13 +82,26 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def visible_gpus():
+    """The GPUs this process was given, as CUDA_VISIBLE_DEVICES lists them (a SLURM allocation,
+    or the user's own choice); None: every GPU of the machine."""
+    text = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return None if text is None else [g.strip() for g in text.split(",") if g.strip()]
+
+
 def parse_slots(text):
     """"0,1,3" -> ["0", "1", "3"]: one run at a time per entry; "cpu" entries run on the CPU.
-    Every run is a process that needs a core to drive it (a GPU run too), so more than
-    SLOTS_PER_CORE slots per usable core is refused: those runs would only wait on each other."""
+    GPU slots count from 0 within the GPUs this process was given. Every run is a process that
+    needs a core to drive it (a GPU run too), so more than SLOTS_PER_CORE slots per usable core
+    is refused: those runs would only wait on each other."""
     if not SLOTS.fullmatch(text):
         raise UserError(f"bad device list {text[:80]!r}: GPU indices and/or cpu, comma-separated (0,1 or cpu,cpu)")
     slots = text.split(",")
+    gpus = visible_gpus()
+    beyond = [s for s in slots if s != "cpu" and gpus is not None and int(s) >= len(gpus)]
+    if beyond:
+        raise UserError(f"GPU slot {beyond[0]}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} gives "
+                        f"this process {len(gpus)} GPU(s), slots 0..{len(gpus) - 1}")
     most = SLOTS_PER_CORE * usable_cores()
     if len(slots) > most:
         raise UserError(f"{len(slots)} slots, but this machine gives {usable_cores()} core(s): at most {most} "
@@ -160,7 +173,8 @@ def _start(run, slot, n_slots=1, claim_fd=None):
     if n_slots > 1 and "OMP_NUM_THREADS" not in env:  # the user's own setting wins
         env["OMP_NUM_THREADS"] = str(threads_per_slot(n_slots))
     if slot != "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = slot
+        gpus = visible_gpus()
+        env["CUDA_VISIBLE_DEVICES"] = slot if gpus is None else gpus[int(slot)]
         if run.gpu_flag:
             cmd.append(run.gpu_flag)
     if run.log is None:

@@ -16,6 +16,7 @@ import pytest
 
 import grid
 import launch
+from cli import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 WRAPPERS = sorted(p.name for p in REPO.glob("*_exps_*.sh"))
@@ -315,6 +316,18 @@ def test_a_gpu_slot_gets_its_device_and_the_gpu_flag(tmp_path):
     assert (tmp_path / "gpu.log").read_text() == "7 ['x', '-gpu']\n"
     assert (tmp_path / "cpu.log").read_text() == "None ['x']\n"
 
+
+
+def test_gpu_slots_count_within_the_gpus_this_process_was_given(tmp_path, monkeypatch):
+    """Under CUDA_VISIBLE_DEVICES=5,7 (a SLURM allocation, say) slot 1 is GPU 7, and a slot 2
+    does not exist."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    show = "import os, sys; open(sys.argv[1], 'w').write(os.environ['CUDA_VISIBLE_DEVICES'])"
+    runs = [launch.Run(_py(show, tmp_path / "seen"), "gpu", str(tmp_path / "gpu.log"))]
+    assert all(o.ok for o in launch.run_grid(runs, slots=launch.parse_slots("1"), echo=lambda line: None))
+    assert (tmp_path / "seen").read_text() == "7"
+    with pytest.raises(UserError, match="GPU slot 2: CUDA_VISIBLE_DEVICES='5,7' gives this process 2 GPU"):
+        launch.parse_slots("0,2")
 
 
 def test_runs_side_by_side_share_the_cores_out_and_a_users_thread_setting_wins(tmp_path, monkeypatch):
