@@ -143,7 +143,7 @@ def _prctl():
     return ctypes.CDLL(None, use_errno=True).prctl
 
 
-PR_SET_DEATHSIG = 1
+PR_SET_DEATHSIG = 1  # linux/prctl.h
 
 
 def _child_setup(prctl, parent):
