@@ -1,7 +1,7 @@
-"""The grid runner (grid.py), its eight wrappers and submit_pretrain.py: usage, the grid table,
-local slots (stages in order, failures listed, INT/TERM stop the runs in flight, resume after a
-kill records each run once), submitit's local executor and a SLURM submission against
-submitit's own mock of sbatch."""
+"""The grid command (grid.py), its runner (launch.py), its eight wrappers and submit_pretrain.py:
+usage, the grid table, input refused before any run, local slots (stages in order, failures
+listed, INT/TERM stop the runs in flight, resume after a kill records each run once),
+submitit's local executor and a SLURM submission against submitit's own mock of sbatch."""
 import json
 import os
 import pickle
