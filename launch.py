@@ -350,7 +350,8 @@ def _run_submitit(runs, executor, job_gpus, detach, echo, sig, outcomes):
         if pending:
             for _, job, _ in pending:
                 job.cancel(check=False)
-            deadline = time.time() + 15  # a local job takes a second to stop its run
+            # a local job takes a second to stop its run; SLURM's jobs are the scheduler's to end
+            deadline = time.time() + (0 if slurm else 15)
             while time.time() < deadline and not all(job.done() for _, job, _ in pending):
                 time.sleep(0.2)
 

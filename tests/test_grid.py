@@ -270,6 +270,28 @@ def test_a_line_break_cannot_reach_the_sbatch_script(monkeypatch, tmp_path, caps
     assert not (tmp_path / "r-submitit").exists()
 
 
+def test_a_submission_sbatch_refuses_stops_the_grid_in_one_line_and_cancels_the_jobs_before_it(
+        monkeypatch, tmp_path, capsys):
+    pytest.importorskip("submitit")
+    from submitit.slurm.test_slurm import mocked_slurm
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'cancelled'}\n")
+    (tmp_path / "bin" / "scancel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    with mocked_slurm() as mock:
+        accept = mock.sbatch
+
+        def sbatch(args):
+            if mock.job_count > 12:  # the first job is queued, the second refused
+                raise subprocess.CalledProcessError(1, "sbatch", b"sbatch: error: invalid partition specified: nope")
+            return accept(args)
+        monkeypatch.setattr(mock, "sbatch", sbatch)
+        rc = _cli(monkeypatch, tmp_path, _stub_grid(tmp_path), "4", tmp_path / "w.pth", "-slurm", "-partition", "nope")
+    _refused(capsys, rc, "submitting baseline -forget_class 1 failed", "cancelled")
+    assert (tmp_path / "cancelled").read_text().split() == ["12"]
+
+
 def test_a_run_that_cannot_start_is_a_failed_run(tmp_path):
     lines = []
     outcomes = launch.run_grid([launch.Run((str(tmp_path / "no-such-program"),), "gone"),
