@@ -358,6 +358,7 @@ def test_runs_side_by_side_share_the_cores_out_and_a_users_thread_setting_wins(t
     show = "import os, sys; open(sys.argv[1], 'w').write(str(os.environ.get('OMP_NUM_THREADS')))"
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # slots 0-2 name the machine's GPUs
 
     def threads_seen(slots, n=2):
         runs = [launch.Run(_py(show, tmp_path / f"t{i}"), f"t{i}", str(tmp_path / f"t{i}.log")) for i in range(n)]
