@@ -31,8 +31,8 @@ import torch
 import forget_full_class_main
 import forget_random_main
 import forget_sub_class_main
-import grid
 import hparams
+import launch
 import metrics
 import records
 from cli import Parser, UserError, int_in, run_cli
@@ -79,7 +79,7 @@ def fq_flags():
     p.add_argument("-slots", default=None,
                    help="train the missing retrains as separate runs, one per slot at a time "
                         "(e.g. 0,1,2,3 for GPUs, or cpu,cpu); unset: in this process, one after another")
-    grid.add_launch_flags(p, detach=False)
+    launch.add_launch_flags(p, detach=False)
     p.add_argument("-retrain_only", type=int_in(0), default=None, help=argparse.SUPPRESS)  # one spread-out retrain
     return p
 
@@ -181,17 +181,14 @@ def ensure_retrains(args, exp, retrain_hp, store, identity, argv):
 
 
 def spread(args, missing, paths, argv):
-    """The missing retrains as runs of this command with -retrain_only SEED, through grid.py."""
+    """The missing retrains as runs of this command with -retrain_only SEED, through launch.py."""
     logs = os.path.join(args.fq_cache, "logs")
-    runs = [grid.Run(cmd=(sys.executable, SCRIPT, *argv, "-retrain_only", str(k)), name=f"retrain seed {k}",
-                     log=os.path.join(logs, os.path.basename(paths[k])[:-4] + ".log")) for k in missing]
-    try:
-        executor = grid.executor_from_flags(args, os.path.join(args.fq_cache, "jobs"), "fq-retrain",
-                                            gpus_per_node=1 if args.gpu else 0)
-        slots = grid.parse_slots(args.slots) if args.slots else ["cpu"]
-        outcomes = grid.run_grid(runs, slots, executor=executor, job_gpus=1 if args.gpu else 0)
-    except grid.GridError as e:
-        raise UserError(str(e)) from None
+    runs = [launch.Run(cmd=(sys.executable, SCRIPT, *argv, "-retrain_only", str(k)), name=f"retrain seed {k}",
+                       log=os.path.join(logs, os.path.basename(paths[k])[:-4] + ".log")) for k in missing]
+    executor = launch.executor_from_flags(args, os.path.join(args.fq_cache, "jobs"), "fq-retrain",
+                                          gpus_per_node=1 if args.gpu else 0)
+    slots = launch.parse_slots(args.slots) if args.slots else ["cpu"]
+    outcomes = launch.run_grid(runs, slots, executor=executor, job_gpus=1 if args.gpu else 0)
     failed = [o for o in outcomes if not o.ok or not os.path.isfile(paths[int(o.run.name.split()[-1])])]
     if failed:
         raise UserError(f"{len(failed)} of {len(runs)} retrain run(s) failed; first: {failed[0].run.name} "
@@ -286,10 +283,7 @@ def main(argv=None):
     check_results_path(args.results)
     check_writable(os.path.join(args.fq_cache, "retrained.pth"), "-fq_cache")
     if args.slots is not None:
-        try:
-            grid.parse_slots(args.slots)
-        except grid.GridError as e:
-            raise UserError(str(e)) from None
+        launch.parse_slots(args.slots)
     exp = prepare(args, setting, *task.split(args))
     initial = copy.deepcopy(exp.model.state_dict())
     retrain_time, trained = ensure_retrains(args, exp, retrain_hp, store, identity, argv)

@@ -18,7 +18,8 @@ import re
 import sys
 import time
 
-import grid
+import launch
+from cli import UserError, one_line
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -74,13 +75,13 @@ def _without_flag(flags, name):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=grid._HelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=launch.HelpFormatter,
                                 epilog="Every other flag goes to pretrain_model.py (see python pretrain_model.py -h).")
     p.add_argument("-nodes", type=int, default=1, help="nodes of the job")
     p.add_argument("-gpus_per_node", type=int, default=1, help="GPUs per node, one task each; 0: CPU tasks (gloo)")
     p.add_argument("-tasks_per_node", type=int, default=1, help="with -gpus_per_node 0: processes per node")
     p.add_argument("-wait", action="store_true", help="wait for the job to end and report how it ended")
-    grid.add_launch_flags(p, executors=("local", "slurm"), default="slurm", detach=False)
+    launch.add_launch_flags(p, executors=("local", "slurm"), default="slurm", detach=False)
     args, rest = p.parse_known_args(argv)
     if rest[:1] == ["--"]:
         rest = rest[1:]
@@ -96,20 +97,16 @@ def parse_args(argv):
 def main(argv=None):
     args, flags = parse_args(sys.argv[1:] if argv is None else argv)
     import pretrain_model
-    from cli import UserError
 
     world = args.nodes * args.tasks_per_node
-    try:
-        pretrain_args = pretrain_model.parse_args(flags)
-        if pretrain_args.out is None:
-            raise UserError("give -out: a requeued job continues from the training state saved beside it")
-        pretrain_model.check_args(pretrain_args, world)  # refuse bad flags here, not in the queue
-    except UserError as e:
-        raise grid.GridError(str(e)) from None
+    pretrain_args = pretrain_model.parse_args(flags)
+    if pretrain_args.out is None:
+        raise UserError("give -out: a requeued job continues from the training state saved beside it")
+    pretrain_model.check_args(pretrain_args, world)  # refuse bad flags here, not in the queue
     job_dir = os.path.splitext(pretrain_args.out)[0] + "-submitit"
-    executor = grid.executor_from_flags(args, job_dir, f"pretrain-{pretrain_args.net}-{pretrain_args.dataset}",
-                                        nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                                        tasks_per_node=args.tasks_per_node)
+    executor = launch.executor_from_flags(args, job_dir, f"pretrain-{pretrain_args.net}-{pretrain_args.dataset}",
+                                          nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                                          tasks_per_node=args.tasks_per_node)
     job = executor.submit(PretrainJob(flags, os.getcwd()))
     print(f"submitted job {job.job_id}: {world} process(es) on {args.nodes} node(s); output of rank 0 in "
           f"{job.paths.stdout}; weights -> {pretrain_args.out}", flush=True)
@@ -135,8 +132,8 @@ def main(argv=None):
 def cli(argv=None):
     try:
         return main(argv)
-    except grid.GridError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from grid import threads_per_slot  # noqa: E402
+from launch import threads_per_slot  # noqa: E402
 from tools import fake_cifar  # noqa: E402
 from tools.fake_cifar import CIFAR100_COARSE  # noqa: E402,F401  (re-exported to the tests)
 

@@ -18,7 +18,7 @@ import forget_full_class_main
 import forget_random_main
 import forget_sub_class_main
 import models
-from grid import threads_per_slot
+from launch import threads_per_slot
 
 RECORD_KEYS = {"setting", "dataset", "net", "method", "forget", "seed", "sigma", "eta", "n_samples",
                "TestAcc", "RetainTestAcc", "Df", "MIA", "MethodTime", "EvalTime", "TestAccExact",

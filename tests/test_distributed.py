@@ -10,7 +10,7 @@ from helpers import REPO, _env, describe, run_inprocess
 
 import models
 import pretrain_model
-from grid import threads_per_slot
+from launch import threads_per_slot
 from records import read_records
 
 PRETRAIN = ["pretrain_model.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10"]

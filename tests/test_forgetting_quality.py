@@ -16,7 +16,7 @@ from helpers import REPO
 
 import datasets
 import forgetting_quality as fq
-import grid
+import launch
 import metrics
 import report
 from cli import UserError
@@ -163,10 +163,10 @@ def test_spread_retrains_are_runs_of_this_command_one_per_missing_model(tmp_path
             k = int(run.cmd[run.cmd.index("-retrain_only") + 1])
             if k != 3:  # the run for seed 3 exits 0 but saves nothing
                 open(paths[k], "w").close()
-            outcomes.append(grid.Outcome(run, 0, "0", 1.0))
+            outcomes.append(launch.Outcome(run, 0, "0", 1.0))
         return outcomes
 
-    monkeypatch.setattr(grid, "run_grid", fake_grid)
+    monkeypatch.setattr(launch, "run_grid", fake_grid)
     fq.spread(args, [1, 2], paths, argv)
     assert seen["slots"] == ["0", "1"] and seen["executor"] is None
     for run, k in zip(seen["runs"], (1, 2)):

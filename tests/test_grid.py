@@ -1,7 +1,7 @@
-"""The grid runner (grid.py), its eight wrappers and submit_pretrain.py: usage, the grid table,
-local slots (stages in order, failures listed, INT/TERM stop the runs in flight, resume after a
-kill records each run once), submitit's local executor and a SLURM submission against
-submitit's own mock of sbatch."""
+"""The grid command (grid.py), its runner (launch.py), its eight wrappers and submit_pretrain.py:
+usage, the grid table, input refused before any run, local slots (stages in order, failures
+listed, INT/TERM stop the runs in flight, resume after a kill records each run once),
+submitit's local executor and a SLURM submission against submitit's own mock of sbatch."""
 import json
 import os
 import pickle
@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 import grid
+import launch
+from cli import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 WRAPPERS = sorted(p.name for p in REPO.glob("*_exps_*.sh"))
@@ -169,6 +171,135 @@ def test_launch_flags_that_do_not_fit_are_refused(monkeypatch, tmp_path, capsys,
     assert message in capsys.readouterr().err
 
 
+# ---- input refused before any run ---------------------------------------------------------------
+
+def _stub_grid(tmp_path, **fields):
+    """A grid file whose main exits at once (a run that costs a Python start), and a weight file."""
+    (tmp_path / "stub.py").write_text("import sys; sys.exit(0)\n")
+    (tmp_path / "w.pth").write_bytes(b"")
+    return _grid_file(tmp_path, **{"main": str(tmp_path / "stub.py"), "targets": ["-forget_class 1"],
+                                   "methods": ["baseline", "retrain_full"], **fields})
+
+
+def _refused(capsys, rc, *words):
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert all(w in err for w in words), err
+
+
+@pytest.mark.parametrize("seed", ["²", "١", "4294967296", "9" * 5000])
+def test_a_seed_that_is_not_written_in_0_to_9_within_the_seed_range_gets_the_usage(monkeypatch, tmp_path, capsys,
+                                                                                 seed):
+    """str.isdigit and int() accept other scripts' digits ('²' then fails in int()) and any
+    length (5,000 digits fail in int())."""
+    spec = _stub_grid(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        _cli(monkeypatch, tmp_path, spec, "cpu", seed, tmp_path / "w.pth")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("usage:") and "SEED must be a whole number in 0..4294967295" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r.jsonl").exists()
+
+
+def test_slurm_on_a_machine_without_slurm_names_the_flag_and_the_local_alternative(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("submitit")
+    (tmp_path / "w.pth").write_bytes(b"")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
+    rc = _cli(monkeypatch, tmp_path, "cifar10_random_vgg", "0", tmp_path / "w.pth", "-slurm")
+    _refused(capsys, rc, "-slurm needs SLURM", "no srun", "drop -slurm", "cpu")
+
+
+@pytest.mark.parametrize("extra, flag", [("-method retrain", "-method"), ("-forget_class=2", "-forget_class"),
+                                         ("-meth retrain", "-meth"), ("-seed 3", "-seed"), ("-b 32", "-b"),
+                                         ("-data_root /d -gpu", "-gpu")])
+def test_extra_args_cannot_set_a_flag_the_grid_sets(monkeypatch, tmp_path, capsys, extra, flag):
+    """Every target or method would become the same run: the mains take a flag's last value
+    and accept abbreviations."""
+    rc = _cli(monkeypatch, tmp_path, _stub_grid(tmp_path), "cpu", "0", tmp_path / "w.pth", EXTRA_ARGS=extra)
+    _refused(capsys, rc, f"EXTRA_ARGS sets {flag},")
+    assert not (tmp_path / "r-logs").exists()
+
+
+def test_results_that_is_not_a_regular_file_is_refused(monkeypatch, tmp_path, capsys):
+    spec = _stub_grid(tmp_path)
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    for results in (tmp_path / "folder", tmp_path / "fifo", "/dev/null"):
+        _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth", RESULTS=str(results)),
+                 f"RESULTS {results} is not a regular file")
+    _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth", RESULTS="a\nb.jsonl"),
+             "control character")
+
+
+def test_a_weight_file_that_is_not_a_regular_file_is_refused(monkeypatch, tmp_path, capsys):
+    spec = _stub_grid(tmp_path)
+    os.mkfifo(tmp_path / "fifo")  # every run would block opening it
+    for weights in (tmp_path, tmp_path / "fifo"):
+        _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", weights), f"weight file {weights} is not a "
+                                                                                 "regular file")
+
+
+def test_more_slots_than_the_cores_can_drive_are_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    spec = _stub_grid(tmp_path)
+    assert launch.parse_slots("0,0,cpu,cpu") == ["0", "0", "cpu", "cpu"]
+    _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu,cpu,0,0,1", "0", tmp_path / "w.pth"),
+             "5 slots", "at most 4 runs side by side")
+
+
+def test_a_grid_that_cannot_finish_or_has_no_runs_is_refused(monkeypatch, tmp_path, capsys):
+    spec = _stub_grid(tmp_path)
+    monkeypatch.setattr(grid, "MAX_RUNS", 1)
+    _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth"), "has 2 runs; at most 1")
+    spec.write_text(json.dumps(json.loads(spec.read_text())) + " " * grid.MAX_GRID_FILE_BYTES)
+    _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth"), "over 1 MiB")
+    for fields, message in (({"targets": []}, "has no runs"), ({"main": "no_such_main.py"}, "is not a file")):
+        spec = _stub_grid(tmp_path, **fields)
+        _refused(capsys, _cli(monkeypatch, tmp_path, spec, "cpu", "0", tmp_path / "w.pth"), message)
+    assert not (tmp_path / "r-logs").exists()
+
+
+@pytest.mark.parametrize("flags", [["-slurm_extra", "comment=x\nrm -rf ~"], ["-partition", "gpu\necho"],
+                                   ["-slurm_extra", "a b=1"]])
+def test_a_line_break_cannot_reach_the_sbatch_script(monkeypatch, tmp_path, capsys, flags):
+    pytest.importorskip("submitit")
+    from submitit.slurm.test_slurm import mocked_slurm
+
+    with mocked_slurm():
+        rc = _cli(monkeypatch, tmp_path, _stub_grid(tmp_path), "4", tmp_path / "w.pth", "-slurm", "-detach", *flags)
+    _refused(capsys, rc)
+    assert not (tmp_path / "r-submitit").exists()
+
+
+def test_a_submission_sbatch_refuses_stops_the_grid_in_one_line_and_cancels_the_jobs_before_it(
+        monkeypatch, tmp_path, capsys):
+    pytest.importorskip("submitit")
+    from submitit.slurm.test_slurm import mocked_slurm
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'cancelled'}\n")
+    (tmp_path / "bin" / "scancel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    with mocked_slurm() as mock:
+        accept = mock.sbatch
+
+        def sbatch(args):
+            if mock.job_count > 12:  # the first job is queued, the second refused
+                raise subprocess.CalledProcessError(1, "sbatch", b"sbatch: error: invalid partition specified: nope")
+            return accept(args)
+        monkeypatch.setattr(mock, "sbatch", sbatch)
+        rc = _cli(monkeypatch, tmp_path, _stub_grid(tmp_path), "4", tmp_path / "w.pth", "-slurm", "-partition", "nope")
+    _refused(capsys, rc, "submitting baseline -forget_class 1 failed", "cancelled")
+    assert (tmp_path / "cancelled").read_text().split() == ["12"]
+
+
+def test_a_run_that_cannot_start_is_a_failed_run(tmp_path):
+    lines = []
+    outcomes = launch.run_grid([launch.Run((str(tmp_path / "no-such-program"),), "gone"),
+                                launch.Run(("true",), "fine")], echo=lines.append)
+    assert [(o.run.name, o.ok) for o in outcomes] == [("gone", False), ("fine", True)]
+    assert outcomes[0].note.startswith("cannot start: ") and any("failed (cannot start: " in line for line in lines)
+
+
 # ---- run_grid on local slots (tiny Python commands) ------------------------------------------
 
 def _py(code, *args):
@@ -179,12 +310,12 @@ STAMP = "import sys, time; time.sleep(float(sys.argv[2])); open(sys.argv[1], 'a'
 
 
 def test_run_grid_finishes_a_stage_before_the_next_and_goes_on_after_a_failure(tmp_path):
-    first = [grid.Run(_py(STAMP, tmp_path / f"a{i}", "0.3"), f"a{i}", str(tmp_path / f"a{i}.log")) for i in range(3)]
-    broken = grid.Run(_py("import sys; print('broken'); sys.exit(3)"), "broken", str(tmp_path / "logs" / "b.log"))
-    later = [grid.Run(_py(STAMP, tmp_path / f"b{i}", "0"), f"b{i}", str(tmp_path / f"b{i}.log"), stage=1)
+    first = [launch.Run(_py(STAMP, tmp_path / f"a{i}", "0.3"), f"a{i}", str(tmp_path / f"a{i}.log")) for i in range(3)]
+    broken = launch.Run(_py("import sys; print('broken'); sys.exit(3)"), "broken", str(tmp_path / "logs" / "b.log"))
+    later = [launch.Run(_py(STAMP, tmp_path / f"b{i}", "0"), f"b{i}", str(tmp_path / f"b{i}.log"), stage=1)
              for i in range(2)]
     lines = []
-    outcomes = grid.run_grid(later + [broken] + first, slots=["cpu", "cpu"], echo=lines.append)
+    outcomes = launch.run_grid(later + [broken] + first, slots=["cpu", "cpu"], echo=lines.append)
     assert len(outcomes) == 6 and [o.ok for o in outcomes].count(False) == 1
     bad = next(o for o in outcomes if not o.ok)
     assert bad.run is broken and bad.returncode == 3
@@ -199,14 +330,26 @@ def test_run_grid_finishes_a_stage_before_the_next_and_goes_on_after_a_failure(t
 
 def test_a_gpu_slot_gets_its_device_and_the_gpu_flag(tmp_path):
     show = "import os, sys; print(os.environ.get('CUDA_VISIBLE_DEVICES'), sys.argv[1:])"
-    runs = [grid.Run(_py(show, "x"), "gpu", str(tmp_path / "gpu.log")),
-            grid.Run(_py(show, "x"), "cpu", str(tmp_path / "cpu.log"), stage=1)]
+    runs = [launch.Run(_py(show, "x"), "gpu", str(tmp_path / "gpu.log")),
+            launch.Run(_py(show, "x"), "cpu", str(tmp_path / "cpu.log"), stage=1)]
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    assert all(o.ok for o in grid.run_grid(runs[:1], slots=["7"], echo=lambda line: None))
-    assert all(o.ok for o in grid.run_grid(runs[1:], slots=["cpu"], echo=lambda line: None))
+    assert all(o.ok for o in launch.run_grid(runs[:1], slots=["7"], echo=lambda line: None))
+    assert all(o.ok for o in launch.run_grid(runs[1:], slots=["cpu"], echo=lambda line: None))
     assert (tmp_path / "gpu.log").read_text() == "7 ['x', '-gpu']\n"
     assert (tmp_path / "cpu.log").read_text() == "None ['x']\n"
 
+
+
+def test_gpu_slots_count_within_the_gpus_this_process_was_given(tmp_path, monkeypatch):
+    """Under CUDA_VISIBLE_DEVICES=5,7 (a SLURM allocation, say) slot 1 is GPU 7, and a slot 2
+    does not exist."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    show = "import os, sys; open(sys.argv[1], 'w').write(os.environ['CUDA_VISIBLE_DEVICES'])"
+    runs = [launch.Run(_py(show, tmp_path / "seen"), "gpu", str(tmp_path / "gpu.log"))]
+    assert all(o.ok for o in launch.run_grid(runs, slots=launch.parse_slots("1"), echo=lambda line: None))
+    assert (tmp_path / "seen").read_text() == "7"
+    with pytest.raises(UserError, match="GPU slot 2: CUDA_VISIBLE_DEVICES='5,7' gives this process 2 GPU"):
+        launch.parse_slots("0,2")
 
 
 def test_runs_side_by_side_share_the_cores_out_and_a_users_thread_setting_wins(tmp_path, monkeypatch):
@@ -215,10 +358,11 @@ def test_runs_side_by_side_share_the_cores_out_and_a_users_thread_setting_wins(t
     show = "import os, sys; open(sys.argv[1], 'w').write(str(os.environ.get('OMP_NUM_THREADS')))"
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # slots 0-2 name the machine's GPUs
 
     def threads_seen(slots, n=2):
-        runs = [grid.Run(_py(show, tmp_path / f"t{i}"), f"t{i}", str(tmp_path / f"t{i}.log")) for i in range(n)]
-        assert all(o.ok for o in grid.run_grid(runs, slots=slots, echo=lambda line: None))
+        runs = [launch.Run(_py(show, tmp_path / f"t{i}"), f"t{i}", str(tmp_path / f"t{i}.log")) for i in range(n)]
+        assert all(o.ok for o in launch.run_grid(runs, slots=slots, echo=lambda line: None))
         return {(tmp_path / f"t{i}").read_text() for i in range(n)}
 
     assert threads_seen(["cpu", "cpu"]) == {"2"}
@@ -226,13 +370,13 @@ def test_runs_side_by_side_share_the_cores_out_and_a_users_thread_setting_wins(t
     assert threads_seen(["cpu"]) == {"None"}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads_seen(["cpu", "cpu"]) == {"3"}
-    assert grid.threads_per_slot(8) == 1
+    assert launch.threads_per_slot(8) == 1
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_runs_in_flight(tmp_path, signum):
     sleeper = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
-    runs = [grid.Run(_py(sleeper, tmp_path / f"pid{i}"), f"s{i}", str(tmp_path / f"s{i}.log")) for i in range(2)]
-    runs.append(grid.Run(_py(sleeper, tmp_path / "never"), "later", str(tmp_path / "later.log"), stage=1))
+    runs = [launch.Run(_py(sleeper, tmp_path / f"pid{i}"), f"s{i}", str(tmp_path / f"s{i}.log")) for i in range(2)]
+    runs.append(launch.Run(_py(sleeper, tmp_path / "never"), "later", str(tmp_path / "later.log"), stage=1))
 
     def send():
         deadline = time.time() + 60
@@ -243,8 +387,8 @@ def test_a_signal_stops_the_runs_in_flight(tmp_path, signum):
     before = signal.getsignal(signum)
     threading.Thread(target=send, daemon=True).start()
     t0 = time.time()
-    with pytest.raises(grid.Interrupted) as caught:
-        grid.run_grid(runs, slots=["cpu", "cpu"], echo=lambda line: None)
+    with pytest.raises(launch.Interrupted) as caught:
+        launch.run_grid(runs, slots=["cpu", "cpu"], echo=lambda line: None)
     assert caught.value.exit_code == 128 + signum
     assert time.time() - t0 < 30
     for i in range(2):
@@ -397,7 +541,7 @@ def test_slurm_queues_the_other_runs_behind_the_retrains(monkeypatch, tmp_path, 
         assert ("#SBATCH --dependency=afterany:12:13\n" in sbatch) == (job in ("14", "15"))
         with open(folder / f"{job}_submitted.pkl", "rb") as f:
             delayed = pickle.load(f)
-        cmd, log, cwd = delayed.args
+        cmd, log, cwd, claim = delayed.args
         assert cmd[-2:] == ["-skip_existing", "-gpu"] and cmd[:2] == [sys.executable, str(REPO / DIGITS["main"])]
         assert ("-seed", "4") == tuple(cmd[cmd.index("-seed"):cmd.index("-seed") + 2])
         assert log.startswith(str(tmp_path / "r-logs" / "forget_full_class_main-"))
@@ -410,12 +554,12 @@ def test_one_slurm_executor_serves_several_calls_of_run_grid(tmp_path):
     from submitit.slurm.test_slurm import mocked_slurm
 
     p = argparse.ArgumentParser()
-    grid.add_launch_flags(p)
+    launch.add_launch_flags(p)
     with mocked_slurm():
-        executor = grid.executor_from_flags(p.parse_args(["-slurm"]), tmp_path / "jobs", "t")
-        runs = [grid.Run(("true",), "a"), grid.Run(("true",), "b", stage=1)]
-        first = grid.run_grid(runs, executor=executor, detach=True, echo=lambda line: None)
-        again = grid.run_grid(runs[:1], executor=executor, detach=True, echo=lambda line: None)
+        executor = launch.executor_from_flags(p.parse_args(["-slurm"]), tmp_path / "jobs", "t")
+        runs = [launch.Run(("true",), "a"), launch.Run(("true",), "b", stage=1)]
+        first = launch.run_grid(runs, executor=executor, detach=True, echo=lambda line: None)
+        again = launch.run_grid(runs[:1], executor=executor, detach=True, echo=lambda line: None)
     assert [o.where for o in first + again] == ["job 12", "job 13", "job 14"]
     assert "--dependency=afterany:12\n" in (tmp_path / "jobs" / "13_submission.sh").read_text()
     assert "--dependency" not in (tmp_path / "jobs" / "14_submission.sh").read_text()
