@@ -57,6 +57,8 @@ def int_in(lo, hi=None):
 
     def parse(text):
         try:
+            if not text.strip().lstrip("+-").isdigit() or not text.isascii():  # int() also reads '١' and '²'
+                raise ValueError
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer {span}, got {text!r}") from None
@@ -74,6 +76,8 @@ def float_above(lo, inclusive=False):
 
     def parse(text):
         try:
+            if not text.isascii():  # float() also reads other scripts' digits
+                raise ValueError
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a finite number {span}, got {text!r}") from None
