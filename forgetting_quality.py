@@ -64,7 +64,7 @@ def parse_args(argv):
     pre.add_argument("-setting", default="fullclass", choices=list(TASKS))
     known, _ = pre.parse_known_args(argv)
     task = TASKS[known.setting]
-    p = base_parser(__doc__.splitlines()[0], batch_size=task.batch, with_method=False, jit_table=task.jit)
+    p = base_parser(__doc__.splitlines()[0], task, with_method=False)
     p.add_argument("-setting", default="fullclass", choices=list(TASKS), help="which forget_*_main.py task")
     task.add_args(p)
     p.add_argument("-K", type=int_in(2), default=16,
@@ -98,7 +98,7 @@ def method_list(text):
 def hparams_of(args, setting, task, method):
     a = copy.copy(args)
     a.method = method
-    return resolve_method(a, setting, task.jit)
+    return resolve_method(a, task)
 
 
 def retrain_key(args, setting, forget, retrain_hp, seed):
