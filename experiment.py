@@ -22,7 +22,7 @@ from evaluation import (
     loader,
     relearn_steps,
 )
-from flags import check_outputs, check_tables, parser_for, resolve_data, resolve_method
+from flags import check_outputs, check_tables, parser_for, resolve_data, resolve_method, warn_inapplicable
 from methods import METHODS, UnlearnData
 from models import build_model, input_size
 from utils import device_name, library_versions, load_weights, now_iso, resolve_device, seed_everything
@@ -211,6 +211,7 @@ def main(task, argv=None):
     run; bad input ends in one line and exit status 2."""
     def parse_and_run():
         args = parser_for(task).parse_args(argv)
+        warn_inapplicable(args)
         hp = resolve_method(args, task)
         check_outputs(args)
         run(args, task.setting, *task.split(args), hp)

@@ -2,6 +2,7 @@
 (generated from their declarations), and resolving a run's hyperparameters from them."""
 import dataclasses
 import os
+import sys
 
 import datasets
 import hparams
@@ -100,6 +101,19 @@ def resolve_method(args, task):
         return hparams.resolve(m.hparams, method_rows(task, args.method), context(args, task.setting), args)
     except hparams.InvalidValue as e:
         raise UserError(str(e)) from None
+
+
+def warn_inapplicable(args):
+    """One warning line per hyperparameter flag given on the command line that sets only other
+    methods' hyperparameters than ``args.method``'s: the run ignores it."""
+    users = {}
+    for name, m in METHODS.items():
+        for f in dataclasses.fields(m.hparams) if m.hparams else ():
+            users.setdefault(f.metadata["flag"], []).append(name)
+    for flag, names in users.items():
+        if flag and args.method not in names and getattr(args, flag, None) is not None:
+            print(f"warning: -{flag} sets a hyperparameter of {', '.join(names)}, not of {args.method}: "
+                  f"this run ignores it", file=sys.stderr)
 
 
 def check_outputs(args):
