@@ -84,13 +84,11 @@ class Overrides:
     def __post_init__(self):
         known = dict(setting=SETTINGS, recipe=RECIPES)
         for when, _ in self.rows:
-            for key, value in when.items():
+            for key in when:
                 if key not in CONTEXT_KEYS:
                     raise ValueError(f"override row {when}: a row conditions on {', '.join(CONTEXT_KEYS)}, "
                                      f"not {key!r}")
-                wrong = [v for v in _options(value) if key in known and v not in known[key]]
-                if wrong:
-                    raise ValueError(f"override row {when}: no run has {key} {wrong[0]!r}")
+            _check_condition(when, known, "override row")
 
     def __add__(self, other):
         return Overrides(self.rows + other.rows)
@@ -103,6 +101,14 @@ class Overrides:
 
 def _options(value):
     return value if isinstance(value, tuple) else (value,)
+
+
+def _check_condition(when, known, what):
+    """Raise ValueError if a condition names a value that ``known`` ({key: values}) lacks."""
+    for key, value in when.items():
+        wrong = [v for v in _options(value) if key in known and v not in known[key]]
+        if wrong:
+            raise ValueError(f"{what} {when}: no run has {key} {wrong[0]!r}")
 
 
 def by_net(table, fallback):
@@ -120,10 +126,7 @@ def check_rows(cls, overrides, nets, datasets):
     known = dict(net=tuple(nets), dataset=tuple(datasets))
     for table in tables:
         for when, changes in table.rows:
-            for key, value in when.items():
-                wrong = [v for v in _options(value) if key in known and v not in known[key]]
-                if wrong:
-                    raise ValueError(f"{cls.__name__} override row {when}: no run has {key} {wrong[0]!r}")
+            _check_condition(when, known, f"{cls.__name__} override row")
             if not changes.keys() <= names:
                 raise ValueError(f"{cls.__name__} override row {when}: {sorted(changes.keys() - names)} "
                                  f"are not fields of {cls.__name__}")
