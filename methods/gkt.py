@@ -56,9 +56,9 @@ GKT_PRESETS = dict(
 class GktHP:
     """The paper recipe's values (the field defaults below, but for ``variant``); ``variant``
     names the preset applied over them (the reference's settings unless -recipe corrected)."""
-    variant: str = hparam("reference", "gkt recipe, a preset of GKT_PRESETS: the JiT reference's settings (model "
-                          "copy with re-initialised convolutions, SGD + OneCycle, β=5) or the paper's (fresh student, "
-                          "Adam, β=250)", "gkt_recipe", presets=GKT_PRESETS)
+    variant: str = hparam("reference", "gkt preset: the JiT reference's settings (model copy with re-initialised "
+                          "convolutions, SGD + OneCycle, β=5) or the paper's recipe (fresh student, Adam, β=250)",
+                          "gkt_recipe", presets=GKT_PRESETS)
     batch: int = hparam(256, "gkt pseudo batch size", "gkt_batch", AT_LEAST_ONE)
     n_gen: int = hparam(1, "gkt generator steps per pseudo batch", "gkt_n_gen", AT_LEAST_ONE)
     n_student: int = hparam(10, "gkt student steps per pseudo batch", "gkt_n_student", AT_LEAST_ONE)
