@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from batching import device_batches as device_batches
 from cifar_files import load_cifar10, load_cifar100
 from cli import UserError
-from hparams import Overrides, hp
+from hparams import Overrides, hparam
 from images import MEAN as MEAN
 from images import STD as STD
 from images import ArrayImages, ImageTransform
@@ -31,21 +31,21 @@ class DataHP:
     """The data pipeline's choices. The field defaults and the rows of DATA_OVERRIDES give the
     reference's behaviour under -recipe reference (the default) and the corrected one under
     -recipe corrected; each flag overrides one choice."""
-    importance_order: str = hp(
+    importance_order: str = hparam(
         "shuffled", "SSD/LF-SSD importance batches over the training set: shuffled (a permutation seeded by "
         "-seed), grouped (retained images grouped by class, fine class if the data set has one, then the "
         "forgotten ones) or retain_forget "
         "(retained in split order, then forgotten)", "importance_order",
         choices=("shuffled", "grouped", "retain_forget"))
-    retain_test_order: str = hp(
+    retain_test_order: str = hparam(
         "grouped", "order of the retained test images, which sets the batches of the mean-of-batch accuracy: "
         "grouped by class (fine class in sub-class) or in data-set order", "retain_test_order",
         choices=("grouped", "dataset"))
-    split_draw: str = hp(
+    split_draw: str = hparam(
         "after_two_models", "random setting: draw the forget set from the default generator after two model "
         "initialisations (so -seed forgets the reference's images) or from a generator of its own seeded by "
         "-seed", "split_draw", choices=("after_two_models", "own_generator"))
-    pins_split: str = hp(
+    pins_split: str = hparam(
         "none", "Pins: train and evaluate on the whole folder (none) or on an 80/20 split per person",
         "pins_split", choices=("none", "per_person"))
 

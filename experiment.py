@@ -4,7 +4,7 @@ import dataclasses
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -15,7 +15,7 @@ import hparams
 import records
 from cli import UserError, run_cli
 from evaluation import Diverged, check_finite, divergence_from, evaluate_split, exact_accuracy_of, loader, relearn_steps
-from flags import check_outputs, parser_for, resolve_data, resolve_jit, resolve_method
+from flags import check_outputs, check_tables, parser_for, resolve_data, resolve_method, warn_inapplicable
 from methods import METHODS, UnlearnData
 from models import build_model, input_size
 from records import read_records
@@ -30,17 +30,21 @@ MIN_RETAIN = 10
 
 @dataclass(frozen=True)
 class Task:
-    """What one forget_*_main.py declares: its setting, its -b default, its JiT table
-    ({net: dict(sigma, eta, n_samples)}; other nets take VGG16's row), its own flags and how it splits.
-    ``split(args) -> (number of model classes, forget label id or None, split function)``,
-    the split function mapping (train, test, data pipeline choices, generator function) to
-    datasets.split_*'s dict (see ``prepare``)."""
+    """What one forget_*_main.py declares: its setting, its -b default, its own flags, how it
+    splits, and ``tables``, override rows per method name (hparams.Overrides) applied after the
+    method's own table in this setting (JiT's σ, η, N). ``split(args) -> (number of model
+    classes, forget label id or None, split function)``, the split function mapping (train,
+    test, data pipeline choices, generator function) to datasets.split_*'s dict (see
+    ``prepare``). Every table's rows are checked when the Task is built."""
     setting: str
     batch: int
-    jit: dict
     add_args: Callable
     split: Callable
     description: str = ""
+    tables: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_tables(self)
 
 
 @dataclass
@@ -171,17 +175,14 @@ def compare_with_retrained(forget_logits, exp, found):
     return dict(scores, RetrainReference=name, RetrainCheckpoint=path)
 
 
-def execute(exp, args, hp=None):
-    """Run ``args.method`` with hyperparameters ``hp`` (resolved; None: resolve them from
-    ``args`` with the method's table) on ``exp.model`` (in place), evaluate, append and return
-    the record. A method that diverges (a non-finite loss, weights or outputs) is still
+def execute(exp, args, hp):
+    """Run ``args.method`` with its resolved hyperparameters ``hp`` (flags.resolve_method) on
+    ``exp.model`` (in place), evaluate, append and return the record. A method that diverges (a non-finite loss, weights or outputs) is still
     recorded, with ``diverged`` true, the reason, and no metrics, and a warning is printed. A
     retrain run saves its model in -retrain_dir; any other run is compared with the retrained
     model of its target there, when there is one."""
     identity = records.run_identity(exp.setting, args)
     method = METHODS[args.method]
-    if hp is None and method.hparams is not None:
-        hp = resolve_method(args, exp.setting, None)
     model, device, workers = exp.model, exp.device, exp.workers
     forget_valid = exp.subset["forget_valid"]
     target_df = exact_accuracy_of(model, forget_valid, workers, device) if args.relearn_max_steps > 0 else None
@@ -210,7 +211,7 @@ def execute(exp, args, hp=None):
 
     record = dict(setting=exp.setting, dataset=args.dataset, net=args.net, method=args.method,
                   forget=exp.forget, forget_id=exp.target_id, seed=args.seed,
-                  sigma=args.sigma, eta=args.eta, n_samples=args.n_samples, weight_path=args.weight_path,
+                  **{k: getattr(hp, k) for k in method.top_level}, weight_path=args.weight_path,
                   diverged=diverged is not None)
     if diverged is not None:
         record["diverged_reason"] = diverged
@@ -234,7 +235,7 @@ def execute(exp, args, hp=None):
     return record
 
 
-def run(args, setting, num_classes, target_id, split_fn, hp=None):
+def run(args, setting, num_classes, target_id, split_fn, hp):
     """One forget experiment, as the three mains run it: load, split, method, evaluate, record."""
     if args.skip_existing and records.recorded(args, setting) is not None:
         forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
@@ -243,15 +244,14 @@ def run(args, setting, num_classes, target_id, split_fn, hp=None):
     return execute(prepare(args, setting, num_classes, target_id, split_fn), args, hp)
 
 
-def task_main(task, argv=None):
+def main(task, argv=None):
     """The whole of a forget_*_main.py: parse, resolve the hyperparameters, check the outputs,
-    run."""
-    args = parser_for(task).parse_args(argv)
-    resolve_jit(args, task.jit, task.setting)  # σ, η, N in every record
-    hp = resolve_method(args, task.setting, task.jit)
-    check_outputs(args)
-    run(args, task.setting, *task.split(args), hp=hp)
+    run; bad input ends in one line and exit status 2."""
+    def parse_and_run():
+        args = parser_for(task).parse_args(argv)
+        warn_inapplicable(args)
+        hp = resolve_method(args, task)
+        check_outputs(args)
+        run(args, task.setting, *task.split(args), hp)
 
-
-def main(task):
-    run_cli(lambda: task_main(task))
+    run_cli(parse_and_run)

@@ -2,27 +2,46 @@
 (generated from their declarations), and resolving a run's hyperparameters from them."""
 import dataclasses
 import os
+import sys
 
 import datasets
 import hparams
 from cli import Parser, UserError, float_above, int_in, seed_type
 from methods import METHODS
-from methods.jit import JitHP, table_overrides
 from models import MODELS
 from records import check_results_path
 from utils import check_writable
 
 
-def base_parser(description, batch_size=128, with_method=True, jit_table=None):
+def method_rows(task, method):
+    """``method``'s override rows in ``task``'s setting: the method's own table, then the rows the
+    task gives it (experiment.Task.tables)."""
+    return (METHODS[method].overrides or hparams.Overrides()) + task.tables.get(method, hparams.Overrides())
+
+
+def check_tables(task):
+    """Raise ValueError unless every row of every method's table, with ``task``'s rows, and of the
+    data pipeline's names nets, data sets and fields that exist (hparams.check_rows)."""
+    hparams.check_rows(datasets.DataHP, datasets.DATA_OVERRIDES, MODELS, datasets.DATASETS)
+    unknown = task.tables.keys() - METHODS.keys()
+    if unknown:
+        raise ValueError(f"the {task.setting} task has rows for {sorted(unknown)}, which are not methods")
+    for name, m in METHODS.items():
+        if m.hparams is not None:
+            hparams.check_rows(m.hparams, method_rows(task, name), MODELS, datasets.DATASETS)
+
+
+def base_parser(description, task, with_method=True):
     """Flags shared by the three mains (the reference's, verbatim, plus this project's), and
-    every method's hyperparameter flags, generated from their declarations.
+    every method's hyperparameter flags, generated from their declarations, with help texts
+    from their tables in ``task``'s setting (an experiment.Task; its -b default too).
     ``with_method=False`` leaves out -method (sweep.py fixes it)."""
     p = Parser(description=description)
     p.add_argument("-net", required=True, choices=list(MODELS), help="network")
     p.add_argument("-weight_path", default=None, help="state dict of the trained model (.pth)")
     p.add_argument("-dataset", required=True, choices=list(datasets.DATASETS), help="data set")
     p.add_argument("-gpu", action="store_true", help="run on CUDA (pick the card with CUDA_VISIBLE_DEVICES)")
-    p.add_argument("-b", type=int_in(1), default=batch_size, help="batch size of the forget/retain loaders (>= 1)")
+    p.add_argument("-b", type=int_in(1), default=task.batch, help="batch size of the forget/retain loaders (>= 1)")
     p.add_argument("-warm", type=int_in(0), default=1, help="accepted for parity with the reference (unused here)")
     p.add_argument("-lr", type=float_above(0), default=0.1, help="accepted for parity with the reference (unused here)")
     if with_method:
@@ -48,17 +67,15 @@ def base_parser(description, batch_size=128, with_method=True, jit_table=None):
     p.add_argument("-skip_existing", action="store_true",
                    help="exit without running if -results already holds this run's record")
     hparams.add_flags(p, datasets.DataHP, datasets.DATA_OVERRIDES, group="data pipeline")
-    jit_rows = table_overrides(jit_table) if jit_table else hparams.Overrides()
-    hparams.add_flags(p, JitHP, jit_rows, group="lipschitz_forgetting (JiT)")
     # A class shared by several methods (ssd_tuning, lfssd_tuning) gives its flags once, and so
     # does a field inherited by several classes (UNSIR's and emmn's learnt noise): the first
     # method's group holds it.
-    seen, added = {JitHP}, set()
-    for m in METHODS.values():
+    seen, added = set(), set()
+    for name, m in METHODS.items():
         if m.hparams is not None and m.hparams not in seen:
             seen.add(m.hparams)
             users = ", ".join(n for n, o in METHODS.items() if o.hparams is m.hparams)
-            hparams.add_flags(p, m.hparams, m.overrides or hparams.Overrides(), group=users, skip=added)
+            hparams.add_flags(p, m.hparams, method_rows(task, name), group=users, skip=added)
             added |= {f.metadata["flag"] for f in dataclasses.fields(m.hparams)}
     return p
 
@@ -75,30 +92,29 @@ def resolve_data(args, setting):
         raise UserError(str(e)) from None
 
 
-def resolve_jit(args, table, setting=None):
-    """JiT's σ, η, N (and switches) for this run: the main's table row for the net, then the
-    flags. The resolved σ, η, N are written back into ``args`` for the record's top-level
-    fields and run identity."""
-    rows = table_overrides(table) if table else hparams.Overrides()
-    try:
-        jit = hparams.resolve(JitHP, rows, context(args, setting), args)
-    except hparams.InvalidValue as e:
-        raise UserError(str(e)) from None
-    args.sigma, args.eta, args.n_samples = jit.sigma, jit.eta, jit.n_samples
-    return jit
-
-
-def resolve_method(args, setting, table):
-    """The resolved hyperparameters of ``args.method`` (None for a method without any)."""
+def resolve_method(args, task):
+    """The resolved hyperparameters of ``args.method`` in ``task``'s setting (None for a method
+    without any): its declaration's defaults, its rows (``method_rows``), then the flags."""
     m = METHODS[args.method]
-    if m.hparams is JitHP:
-        return resolve_jit(args, table, setting)
     if m.hparams is None:
         return None
     try:
-        return hparams.resolve(m.hparams, m.overrides or hparams.Overrides(), context(args, setting), args)
+        return hparams.resolve(m.hparams, method_rows(task, args.method), context(args, task.setting), args)
     except hparams.InvalidValue as e:
         raise UserError(str(e)) from None
+
+
+def warn_inapplicable(args):
+    """One warning line per hyperparameter flag given on the command line that sets only other
+    methods' hyperparameters than ``args.method``'s: the run ignores it."""
+    users = {}
+    for name, m in METHODS.items():
+        for f in dataclasses.fields(m.hparams) if m.hparams else ():
+            users.setdefault(f.metadata["flag"], []).append(name)
+    for flag, names in users.items():
+        if flag and args.method not in names and getattr(args, flag, None) is not None:
+            print(f"warning: -{flag} sets a hyperparameter of {', '.join(names)}, not of {args.method}: "
+                  f"this run ignores it", file=sys.stderr)
 
 
 def check_outputs(args):
@@ -113,6 +129,7 @@ def check_outputs(args):
 
 
 def parser_for(task):
-    p = base_parser(task.description, batch_size=task.batch, jit_table=task.jit)
+    """The whole command line of ``task``'s forget_*_main.py."""
+    p = base_parser(task.description, task)
     task.add_args(p)
     return p

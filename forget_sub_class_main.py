@@ -6,6 +6,7 @@ python forget_sub_class_main.py -net VGG16 -dataset Cifar20 -superclasses 20 -su
 import datasets
 from cli import UserError
 from experiment import Task, main
+from hparams import by_net
 
 # JiT for sub-class forgetting, per net: σ (the reference's lipschitz_weighting), η (its
 # learning_rate) and N perturbations per sample; other nets take VGG16's row. Edit them here,
@@ -13,13 +14,13 @@ from experiment import Task, main
 JIT = {"VGG16": dict(sigma=0.01, eta=3e-4, n_samples=25), "ViT": dict(sigma=1.5, eta=0.5, n_samples=25)}
 
 
-def add_task_args(p):
+def add_args(p):
     p.add_argument("-superclasses", type=int, required=True, help="number of coarse classes (the model's outputs)")
     p.add_argument("-subclasses", type=int, required=True, help="number of fine classes")
     p.add_argument("-forget_class", required=True, help="fine class to forget (name such as rocket, or fine label id)")
 
 
-def task(args):
+def split(args):
     """(number of model classes, forget fine-label id, split function) of this setting."""
     fine = {"Cifar20": 100, "Digits5": 10}.get(args.dataset)
     if fine is not None and args.subclasses != fine:
@@ -28,7 +29,8 @@ def task(args):
     return args.superclasses, cls, lambda tr, te, pipe, _: datasets.split_sub_class(tr, te, cls, pipe.retain_test_order == "grouped")
 
 
-TASK = Task("subclass", batch=64, jit=JIT, add_args=add_task_args, split=task, description=__doc__.splitlines()[0])
+TASK = Task("subclass", batch=64, add_args=add_args, split=split, description=__doc__.splitlines()[0],
+            tables={"lipschitz_forgetting": by_net(JIT, fallback="VGG16")})
 
 if __name__ == "__main__":
     main(TASK)

@@ -93,7 +93,7 @@ def parser():
                                 help=f"which forget main's task: {', '.join(TASKS)}")
     common = fq_flags()
     for name, task in TASKS.items():
-        base = base_parser(description, batch_size=task.batch, with_method=False, jit_table=task.jit)
+        base = base_parser(description, task, with_method=False)
         task.add_args(base)
         settings.add_parser(name, parents=[base, common], add_help=False, description=description,
                             help=f"the task of {task_script(task)}")
@@ -127,7 +127,7 @@ def method_list(text):
 def hparams_of(args, setting, task, method):
     a = copy.copy(args)
     a.method = method
-    return resolve_method(a, setting, task.jit)
+    return resolve_method(a, task)
 
 
 def retrain_identity(args, setting, retrain_hp):
@@ -314,9 +314,8 @@ def main(argv=None):
             confs_u, acc_u, method_time, eval_time, diverged = unlearned_side(exp, method, hp, initial, args.K)
             confs_r, acc_r = ref_confs, ref_acc
         compared = len(confs_r)
-        record = dict(base, method=method, K_compared=compared, diverged=diverged is not None)
-        if method == "lipschitz_forgetting":
-            record.update(sigma=hp.sigma, eta=hp.eta, n_samples=hp.n_samples)
+        record = dict(base, method=method, K_compared=compared, diverged=diverged is not None,
+                      **{k: getattr(hp, k) for k in METHODS[method].top_level})
         if diverged is None:
             t1 = time.perf_counter()
             f, final, eps, accs = score(confs_u, confs_r, acc_u, acc_r)

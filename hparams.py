@@ -1,11 +1,12 @@
 """Hyperparameters declared once, as data.
 
 A method declares its hyperparameters as a frozen dataclass whose defaults are the reference's
-values; each field carries its command-line flag, help text and valid range (``hp``). Next to it
-a short table of overrides changes values for some nets, data sets or settings. ``resolve``
-applies defaults -> overrides (in table order) -> command-line flags and checks every value;
-``add_flags`` generates the flags from the fields, with help texts built from the table, so no
-value is ever written twice. Imports nothing from the project and no torch.
+values; each field (``hparam``) carries its command-line flag, help text and valid range. Next to
+it a short table of overrides changes values for some nets, data sets, settings or recipes, and a
+field may name a preset (a table of its own) that its value selects. ``resolve`` applies defaults
+-> the selected presets -> the override rows (in table order) -> command-line flags and checks
+every value; ``add_flags`` generates the flags from the fields, with help texts built from the
+tables, so no value is ever written twice. Imports nothing from the project and no torch.
 """
 import argparse
 import dataclasses
@@ -17,6 +18,10 @@ from typing import Optional
 # -recipe: the reference code's behaviour (the default) or each method as its paper describes it.
 # Override rows may condition on it like on net, dataset or setting.
 RECIPES = ("reference", "corrected")
+# The forget settings, one per forget_*_main.py.
+SETTINGS = ("fullclass", "subclass", "random")
+# What an override row may condition on: the run's context.
+CONTEXT_KEYS = ("net", "dataset", "setting", "recipe")
 
 
 class InvalidValue(ValueError):
@@ -58,24 +63,77 @@ AT_LEAST_ONE = Range(1)
 FRACTION = Range(0, 1, low_open=True)
 
 
-def hp(default, help, flag, valid=None, choices=None):
+def hparam(default, help, flag, valid=None, choices=None, presets=None):
     """A hyperparameter field: its reference value, a one-line meaning, the command-line flag
     that overrides it (without the dash; None: no flag) and its valid values (a Range or
-    ``choices``)."""
-    return field(default=default, metadata=dict(help=help, flag=flag, valid=valid, choices=choices))
+    ``choices``). ``presets`` ({name: Overrides}) makes the field's value the name of the preset
+    whose rows apply (its choices are the presets' names)."""
+    if presets is not None:
+        choices = tuple(presets)
+    return field(default=default, metadata=dict(help=help, flag=flag, valid=valid, choices=choices, presets=presets))
 
 
 @dataclass(frozen=True)
 class Overrides:
-    """Rows of (condition, changes): a row applies when every key of its condition (``net``,
-    ``dataset``, ``setting``, ``recipe``, or a field of the class) equals the run's value, or is among them when given as a tuple.
-    Later rows win."""
+    """Rows of (condition, changes): a row applies when every key of its condition (one of
+    CONTEXT_KEYS) equals the run's value, or is among them when given as a tuple. Later rows
+    win. A condition on anything else, or on a setting or recipe that does not exist, is an
+    error when the table is built (``check_rows`` also checks nets, data sets and fields)."""
     rows: tuple = ()
+
+    def __post_init__(self):
+        known = dict(setting=SETTINGS, recipe=RECIPES)
+        for when, _ in self.rows:
+            for key in when:
+                if key not in CONTEXT_KEYS:
+                    raise ValueError(f"override row {when}: a row conditions on {', '.join(CONTEXT_KEYS)}, "
+                                     f"not {key!r}")
+            _check_condition(when, known, "override row")
+
+    def __add__(self, other):
+        return Overrides(self.rows + other.rows)
 
     def applying(self, context):
         for when, changes in self.rows:
-            if all(context.get(k) in (v if isinstance(v, tuple) else (v,)) for k, v in when.items()):
+            if all(context.get(k) in _options(v) for k, v in when.items()):
                 yield when, changes
+
+
+def _options(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _check_condition(when, known, what):
+    """Raise ValueError if a condition names a value that ``known`` ({key: values}) lacks."""
+    for key, value in when.items():
+        wrong = [v for v in _options(value) if key in known and v not in known[key]]
+        if wrong:
+            raise ValueError(f"{what} {when}: no run has {key} {wrong[0]!r}")
+
+
+def by_net(table, fallback):
+    """A per-net table ({net: changes}, with a row for ``fallback``) as override rows: the
+    fallback net's row for every run, then each other net's own (-h prints each value once)."""
+    rows = [({}, table[fallback])] + [(dict(net=k), v) for k, v in table.items() if k != fallback]
+    return Overrides(tuple(rows))
+
+
+def check_rows(cls, overrides, nets, datasets):
+    """Raise ValueError unless every row of ``overrides`` conditions on known ``nets`` and
+    ``datasets`` only, and changes fields of ``cls`` (a preset's rows alike) to valid values."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    tables = [overrides] + [t for f in dataclasses.fields(cls) for t in (f.metadata["presets"] or {}).values()]
+    known = dict(net=tuple(nets), dataset=tuple(datasets))
+    for table in tables:
+        for when, changes in table.rows:
+            _check_condition(when, known, f"{cls.__name__} override row")
+            if not changes.keys() <= names:
+                raise ValueError(f"{cls.__name__} override row {when}: {sorted(changes.keys() - names)} "
+                                 f"are not fields of {cls.__name__}")
+            try:
+                check(cls(**changes))
+            except InvalidValue as e:
+                raise ValueError(f"{cls.__name__} override row {when}: {e}") from None
 
 
 def _type(f):
@@ -110,13 +168,21 @@ def _show(v):
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _condition(when):
+    return ", ".join(f"{k} {'|'.join(v) if isinstance(v, tuple) else v}" for k, v in when.items())
+
+
 def _describe(cls, overrides, name):
-    """'default 0.01; 128 (net ViT)': the field's default and every override row of it."""
+    """'default 0.01; 128 (net ViT)': the field's default and every preset and override row of it."""
     parts = [] if getattr(cls, name) is None else [_show(getattr(cls, name))]
+    for f in dataclasses.fields(cls):
+        for preset, rows in (f.metadata["presets"] or {}).items():
+            for when, changes in rows.rows:
+                if name in changes:
+                    parts.append(f"{_show(changes[name])} ({_condition({f.metadata['flag']: preset, **when})})")
     for when, changes in overrides.rows:
         if name in changes:
-            cond = ", ".join(f"{k} {'|'.join(v) if isinstance(v, tuple) else v}" for k, v in when.items())
-            parts.append(f"{_show(changes[name])} ({cond or 'every run'})")
+            parts.append(f"{_show(changes[name])} ({_condition(when) or 'every run'})")
     return "default " + "; ".join(parts)
 
 
@@ -142,32 +208,29 @@ def add_flags(parser, cls, overrides=Overrides(), group=None, skip=()):
 
 
 def resolve(cls, overrides=Overrides(), context=None, flags=None):
-    """The run's hyperparameters: ``cls``'s defaults, the override rows that match ``context``
-    (dict with net, dataset, setting, recipe), then every flag of ``flags`` (a dict or argparse
-    Namespace, keyed by flag name) that is not None. Raises InvalidValue naming the flag."""
+    """The run's hyperparameters: ``cls``'s defaults, the rows of each preset its fields select
+    that match ``context`` (dict with net, dataset, setting, recipe), the override rows that
+    match it, then every flag of ``flags`` (a dict or argparse Namespace, keyed by flag name)
+    that is not None. A field with presets selects by its flag, else by the value the matching
+    override rows give it, else by its default. Raises InvalidValue naming the flag."""
     context = dict(context or {})
     flags = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
-    # A field may select override rows itself (gkt's variant): its flag, else the value the rows
-    # that depend only on the run's context give it (-recipe corrected picks gkt's paper variant),
-    # else its default, joins the context.
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
-    base = dict(context)
-    for key in {k for when, _ in overrides.rows for k in when} & by_name.keys() - base.keys():
-        f = by_name[key]
-        given = flags.get(f.metadata["flag"]) if f.metadata["flag"] else None
-        if given is None:
-            given = f.default
-            for when, changes in overrides.applying(base):
-                if key in changes and when.keys() <= base.keys():
-                    given = changes[key]
-        context[key] = given
-    values = {}
+    given = {f.name: flags.get(f.metadata["flag"]) for f in dataclasses.fields(cls) if f.metadata["flag"]}
+    given = {k: v for k, v in given.items() if v is not None}
+    from_rows = {}
     for _, changes in overrides.applying(context):
-        values.update(changes)
+        from_rows.update(changes)
+    values = {}
     for f in dataclasses.fields(cls):
-        given = flags.get(f.metadata["flag"]) if f.metadata["flag"] else None
-        if given is not None:
-            values[f.name] = given
+        presets = f.metadata["presets"]
+        if presets:
+            name = given.get(f.name, from_rows.get(f.name, f.default))
+            if name not in presets:
+                raise InvalidValue(f"-{f.metadata['flag']} must be one of {', '.join(presets)} (got {name!r})")
+            for _, changes in presets[name].applying(context):
+                values.update(changes)
+    values.update(from_rows)
+    values.update(given)
     out = cls(**values)
     check(out)
     return out

@@ -17,20 +17,22 @@ RETRAIN_METHODS = ("retrain_full", "retrain")
 class Method:
     """``fn(model, data, hp, device) -> model``: ``data`` an UnlearnData, ``hp`` the resolved
     instance of ``hparams`` (None for a method without hyperparameters). ``zero_shot`` methods
-    are handed no retain data. ``overrides``: the hyperparameter table (hparams.Overrides)."""
+    are handed no retain data. ``overrides``: the hyperparameter table (hparams.Overrides).
+    ``top_level``: fields of ``hparams`` the run's record also holds at its top level."""
     name: str
     fn: Callable
     hparams: Optional[type] = None
     overrides: Any = None
     zero_shot: bool = False
+    top_level: tuple = ()
 
 
-def register(name, hparams=None, overrides=None, zero_shot=False):
+def register(name, hparams=None, overrides=None, zero_shot=False, top_level=()):
     """Register the decorated function under ``name``."""
     def wrap(fn):
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = Method(name, fn, hparams, overrides, zero_shot)
+        METHODS[name] = Method(name, fn, hparams, overrides, zero_shot, top_level)
         return fn
     return wrap
 

@@ -23,7 +23,7 @@ import forget_random_main
 import forget_sub_class_main
 from cli import Parser, UserError, run_cli
 from experiment import execute, prepare
-from flags import base_parser, resolve_jit
+from flags import base_parser, resolve_method
 from Lipschitz import GRAD_MODES, MODEL_MODES, REDUCTIONS
 from records import check_results_path, read_records, run_identity
 from report import retrain_index, target_key
@@ -74,7 +74,7 @@ def parse_args(argv):
     pre.add_argument("-setting", default="fullclass", choices=list(TASKS))
     known, _ = pre.parse_known_args(argv)
     task = TASKS[known.setting]
-    p = base_parser(__doc__.splitlines()[0], batch_size=task.batch, with_method=False)
+    p = base_parser(__doc__.splitlines()[0], task, with_method=False)
     p.add_argument("-setting", default="fullclass", choices=list(TASKS), help="which forget_*_main.py task")
     task.add_args(p)
     p.add_argument("-sigmas", required=True, help="comma-separated σ values, each a finite number > 0")
@@ -150,7 +150,7 @@ def plot(points, baseline, retrain, path, title):
 def main(argv=None):
     task, args = parse_args(sys.argv[1:] if argv is None else argv)
     sigmas, etas = float_list(args.sigmas, "-sigmas"), float_list(args.etas, "-etas")
-    jit = resolve_jit(args, task.jit)
+    jit = resolve_method(args, task)
     check_results_path(args.results)
     check_writable(args.plot, "-plot")
     setting = task.setting
@@ -164,10 +164,10 @@ def main(argv=None):
             setattr(a, k, v)
         done = find_point(read_records(args.results), setting, a)
         if done is not None:
-            print(f"reused: {a.method} σ={a.sigma:g} η={a.eta:g}")
+            print(f"reused: {a.method}" + (f" σ={a.sigma:g} η={a.eta:g}" if a.sigma is not None else ""))
             return done
         exp.model.load_state_dict(initial)
-        return execute(exp, a)
+        return execute(exp, a, resolve_method(a, task))
 
     baseline = point(method="baseline")
     key = target_key(dict(setting=setting, dataset=args.dataset, net=args.net, forget=exp.forget, seed=args.seed))
@@ -187,7 +187,7 @@ def main(argv=None):
     points = [p for p in points if not p.get("diverged")]
 
     title = (f"JiT on {args.dataset}/{args.net}, {setting}, forget {exp.forget}, seed {args.seed}, "
-             f"N={args.n_samples}")
+             f"N={jit.n_samples}")
     try:
         plot(points, baseline, retrain, args.plot, title)
     except OSError as e:  # checked writable before the sweep: a full disk, or a folder gone meanwhile

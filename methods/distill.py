@@ -13,7 +13,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from cli import UserError
 from engine import train_epoch
-from hparams import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Overrides, hp
+from hparams import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Overrides, hparam
 from registry import register
 from utils import progress_bar
 
@@ -23,17 +23,17 @@ from utils import progress_bar
 
 @dataclass(frozen=True)
 class BlindspotHP:
-    retain_frac: float = hp(0.3, "blindspot: share of retain_train distilled from the competent teacher",
-                            "bt_retain_frac", FRACTION)
-    epochs: int = hp(1, "blindspot epochs", "bt_epochs", AT_LEAST_ONE)
-    lr: float = hp(1e-4, "blindspot Adam learning rate", "bt_lr", POSITIVE)
-    batch: int = hp(256, "blindspot batch", "bt_batch", AT_LEAST_ONE)
-    temperature: float = hp(1.0, "blindspot KL temperature", "bt_temperature", POSITIVE)
-    teacher: str = hp("reference", "blindspot's incompetent teacher: the reference's (a fresh model of its class, "
-                      "which for ViT is the ImageNet-pretrained trunk with a random head) or random (a wholly random "
-                      "network, as the paper describes)", "bt_teacher", choices=("reference", "random"))
-    vit_weights: str = hp("google/vit-base-patch16-224", "ViT trunk of the reference's incompetent teacher: a "
-                          "Hugging Face hub name in the local cache, or a local directory", "bt_vit_weights")
+    retain_frac: float = hparam(0.3, "blindspot: share of retain_train distilled from the competent teacher",
+                                "bt_retain_frac", FRACTION)
+    epochs: int = hparam(1, "blindspot epochs", "bt_epochs", AT_LEAST_ONE)
+    lr: float = hparam(1e-4, "blindspot Adam learning rate", "bt_lr", POSITIVE)
+    batch: int = hparam(256, "blindspot batch", "bt_batch", AT_LEAST_ONE)
+    temperature: float = hparam(1.0, "blindspot KL temperature", "bt_temperature", POSITIVE)
+    teacher: str = hparam("reference", "blindspot's incompetent teacher: the reference's (a fresh model of its "
+                          "class, which for ViT is the ImageNet-pretrained trunk with a random head) or random (a "
+                          "wholly random network, as the paper describes)", "bt_teacher", choices=("reference", "random"))
+    vit_weights: str = hparam("google/vit-base-patch16-224", "ViT trunk of the reference's incompetent teacher: a "
+                              "Hugging Face hub name in the local cache, or a local directory", "bt_vit_weights")
 
 
 BLINDSPOT_OVERRIDES = Overrides((
@@ -60,22 +60,22 @@ def incompetent_teacher(data, hp):
 @dataclass(frozen=True)
 class AmnesiacHP:
     """Adam, cross-entropy on the relabelled forget set plus retain_train."""
-    epochs: int = hp(3, "amnesiac epochs", "amnesiac_epochs", AT_LEAST_ONE)
-    lr: float = hp(1e-4, "amnesiac Adam learning rate", "amnesiac_lr", POSITIVE)
-    batch: int = hp(128, "amnesiac batch (whatever -b is)", "amnesiac_batch", AT_LEAST_ONE)
+    epochs: int = hparam(3, "amnesiac epochs", "amnesiac_epochs", AT_LEAST_ONE)
+    lr: float = hparam(1e-4, "amnesiac Adam learning rate", "amnesiac_lr", POSITIVE)
+    batch: int = hparam(128, "amnesiac batch (whatever -b is)", "amnesiac_batch", AT_LEAST_ONE)
 
 
 @dataclass(frozen=True)
 class ScrubHP:
-    epochs: int = hp(3, "SCRUB epochs", "scrub_epochs", AT_LEAST_ONE)
-    msteps: int = hp(2, "SCRUB epochs that start with max-steps on the forget set", "scrub_msteps", NON_NEGATIVE)
-    temperature: float = hp(4.0, "SCRUB KL temperature T (the KL is scaled by T², as SCRUB's DistillKL)",
-                            "scrub_temperature", POSITIVE)
-    lr: float = hp(5e-4, "SCRUB SGD learning rate", "scrub_lr", POSITIVE)
-    momentum: float = hp(0.9, "SCRUB SGD momentum", "scrub_momentum", NON_NEGATIVE)
-    weight_decay: float = hp(5e-4, "SCRUB SGD weight decay", "scrub_wd", NON_NEGATIVE)
-    alpha: float = hp(1.0, "SCRUB weight of the retain KL", "scrub_alpha", NON_NEGATIVE)
-    gamma: float = hp(5.0, "SCRUB weight of the retain cross-entropy", "scrub_gamma", NON_NEGATIVE)
+    epochs: int = hparam(3, "SCRUB epochs", "scrub_epochs", AT_LEAST_ONE)
+    msteps: int = hparam(2, "SCRUB epochs that start with max-steps on the forget set", "scrub_msteps", NON_NEGATIVE)
+    temperature: float = hparam(4.0, "SCRUB KL temperature T (the KL is scaled by T², as SCRUB's DistillKL)",
+                                "scrub_temperature", POSITIVE)
+    lr: float = hparam(5e-4, "SCRUB SGD learning rate", "scrub_lr", POSITIVE)
+    momentum: float = hparam(0.9, "SCRUB SGD momentum", "scrub_momentum", NON_NEGATIVE)
+    weight_decay: float = hparam(5e-4, "SCRUB SGD weight decay", "scrub_wd", NON_NEGATIVE)
+    alpha: float = hparam(1.0, "SCRUB weight of the retain KL", "scrub_alpha", NON_NEGATIVE)
+    gamma: float = hparam(5.0, "SCRUB weight of the retain cross-entropy", "scrub_gamma", NON_NEGATIVE)
 
 
 # The reference's full-class main never passes its α = 1, γ = 5 on, so its full-class SCRUB ran

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import UserError
-from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
+from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hparam
 from methods.noise import full_class_only, input_shape
 from registry import register
 from utils import check_allocatable, progress_bar
@@ -34,52 +34,62 @@ from utils import check_allocatable, progress_bar
 # probability, KL temperature 1, gradient norms clipped to 5.
 
 
+# -gkt_recipe's presets, applied over GktHP's defaults (the paper's values) before GKT_OVERRIDES.
+GKT_PRESETS = dict(
+    reference=Overrides((
+        ({}, dict(batch=128, n_gen=2, n_student=15, pseudo_batches=1000, opt="sgd", g_lr=0.01, s_lr=0.01, beta=5.0,
+                  student="conv_xavier", features="convs", gen_width=32)),
+        (dict(net="ViT"), dict(batch=8, n_gen=1, n_student=5, pseudo_batches=101)),  # its smaller ViT budget
+    )),
+    paper=Overrides((
+        ({}, dict(vit_forward="full")),
+        # ViT: the paper recipe has no convolutional feature maps to compare (the patch embedding
+        # is ViT's only one), so β = 0. The paper's batch of 256 would hold a graph through
+        # generator, teacher and student of 0.28 GiB per 224-px image (measured on the CPU),
+        # about 99 GB at the peak with weights, Adam state and 25% for the allocator: batch 64
+        # bounds it near 27 GB.
+        (dict(net="ViT"), dict(beta=0.0, batch=64)),
+    )),
+)
+
+
 @dataclass(frozen=True)
 class GktHP:
-    """The paper recipe's values (the field defaults below, but for ``variant``); the reference's
-    settings (the default, as -recipe reference), ViT and Digits rows are in GKT_OVERRIDES."""
-    variant: str = hp("reference", "gkt: the JiT reference's settings (model copy with re-initialised "
-                      "convolutions, SGD + OneCycle, β=5) or the paper's recipe (fresh student, Adam, β=250)",
-                      "gkt_recipe", choices=("reference", "paper"))
-    batch: int = hp(256, "gkt pseudo batch size", "gkt_batch", AT_LEAST_ONE)
-    n_gen: int = hp(1, "gkt generator steps per pseudo batch", "gkt_n_gen", AT_LEAST_ONE)
-    n_student: int = hp(10, "gkt student steps per pseudo batch", "gkt_n_student", AT_LEAST_ONE)
-    pseudo_batches: int = hp(4000, "gkt number of pseudo batches", "gkt_batches", AT_LEAST_ONE)
-    opt: str = hp("adam", "gkt optimiser of generator and student", "gkt_opt", choices=("adam", "sgd"))
-    g_lr: float = hp(1e-3, "gkt generator learning rate", "gkt_g_lr", POSITIVE)
-    s_lr: float = hp(2e-3, "gkt student learning rate (adam; under sgd the student's OneCycle sets the rate, "
-                     "starting at gkt_s_max_lr/25)", "gkt_s_lr", POSITIVE)
-    s_max_lr: float = hp(0.1, "gkt student OneCycle peak learning rate (sgd only)", "gkt_s_max_lr", POSITIVE)
-    beta: float = hp(250.0, "gkt weight β of attention transfer", "gkt_beta", NON_NEGATIVE)
-    student: str = hp("fresh", "gkt student: freshly built, or a model copy with Xavier-initialised convolutions",
-                      "gkt_student", choices=("fresh", "conv_xavier"))
-    features: str = hp("stages", "gkt feature maps for attention transfer", "gkt_features",
-                       choices=("stages", "convs"))
-    gen_width: int = hp(64, "gkt generator width", "gkt_gen_width", AT_LEAST_ONE)
-    z_dim: int = hp(128, "gkt dimension of z", "gkt_z_dim", AT_LEAST_ONE)
-    threshold: float = hp(0.01, "gkt gate: pseudo samples whose teacher probability of the forget class exceeds "
-                          "this are dropped", "gkt_threshold", POSITIVE)
-    temperature: float = hp(1.0, "gkt KL temperature", "gkt_temperature", POSITIVE)
-    clip: float = hp(5.0, "gkt gradient-norm clip", "gkt_clip", POSITIVE)
-    momentum: float = hp(0.9, "gkt generator SGD momentum (sgd only; the student's OneCycle cycles its momentum "
-                         "between 0.85 and 0.95)", "gkt_momentum", NON_NEGATIVE)
-    vit_forward: str = hp("reference", "gkt with ViT: the reference's forward (every encoder layer applied to the "
-                          "embedding output, so the last layer alone reaches the head, for teacher, student and the "
-                          "evaluation) or the full forward", "gkt_vit_forward", choices=("reference", "full"))
+    """The paper recipe's values (the field defaults below, but for ``variant``); ``variant``
+    names the preset applied over them (the reference's settings unless -recipe corrected)."""
+    variant: str = hparam("reference", "gkt preset: the JiT reference's settings (model copy with re-initialised "
+                          "convolutions, SGD + OneCycle, β=5) or the paper's recipe (fresh student, Adam, β=250)",
+                          "gkt_recipe", presets=GKT_PRESETS)
+    batch: int = hparam(256, "gkt pseudo batch size", "gkt_batch", AT_LEAST_ONE)
+    n_gen: int = hparam(1, "gkt generator steps per pseudo batch", "gkt_n_gen", AT_LEAST_ONE)
+    n_student: int = hparam(10, "gkt student steps per pseudo batch", "gkt_n_student", AT_LEAST_ONE)
+    pseudo_batches: int = hparam(4000, "gkt number of pseudo batches", "gkt_batches", AT_LEAST_ONE)
+    opt: str = hparam("adam", "gkt optimiser of generator and student", "gkt_opt", choices=("adam", "sgd"))
+    g_lr: float = hparam(1e-3, "gkt generator learning rate", "gkt_g_lr", POSITIVE)
+    s_lr: float = hparam(2e-3, "gkt student learning rate (adam; under sgd the student's OneCycle sets the rate, "
+                         "starting at gkt_s_max_lr/25)", "gkt_s_lr", POSITIVE)
+    s_max_lr: float = hparam(0.1, "gkt student OneCycle peak learning rate (sgd only)", "gkt_s_max_lr", POSITIVE)
+    beta: float = hparam(250.0, "gkt weight β of attention transfer", "gkt_beta", NON_NEGATIVE)
+    student: str = hparam("fresh", "gkt student: freshly built, or a model copy with Xavier-initialised convolutions",
+                          "gkt_student", choices=("fresh", "conv_xavier"))
+    features: str = hparam("stages", "gkt feature maps for attention transfer", "gkt_features",
+                           choices=("stages", "convs"))
+    gen_width: int = hparam(64, "gkt generator width", "gkt_gen_width", AT_LEAST_ONE)
+    z_dim: int = hparam(128, "gkt dimension of z", "gkt_z_dim", AT_LEAST_ONE)
+    threshold: float = hparam(0.01, "gkt gate: pseudo samples whose teacher probability of the forget class exceeds "
+                              "this are dropped", "gkt_threshold", POSITIVE)
+    temperature: float = hparam(1.0, "gkt KL temperature", "gkt_temperature", POSITIVE)
+    clip: float = hparam(5.0, "gkt gradient-norm clip", "gkt_clip", POSITIVE)
+    momentum: float = hparam(0.9, "gkt generator SGD momentum (sgd only; the student's OneCycle cycles its momentum "
+                             "between 0.85 and 0.95)", "gkt_momentum", NON_NEGATIVE)
+    vit_forward: str = hparam("reference", "gkt with ViT: the reference's forward (every encoder layer applied to "
+                              "the embedding output, so the last layer alone reaches the head, for teacher, student "
+                              "and the evaluation) or the full forward", "gkt_vit_forward",
+                              choices=("reference", "full"))
 
 
 GKT_OVERRIDES = Overrides((
     (dict(recipe="corrected"), dict(variant="paper")),
-    (dict(variant="paper"), dict(vit_forward="full")),
-    (dict(variant="reference"), dict(batch=128, n_gen=2, n_student=15, pseudo_batches=1000, opt="sgd", g_lr=0.01,
-                                     s_lr=0.01, beta=5.0, student="conv_xavier", features="convs", gen_width=32)),
-    # ViT: the paper recipe has no convolutional feature maps to compare (the patch embedding is
-    # ViT's only one), so β = 0; the reference's ViT settings are its smaller budget. The paper's
-    # batch of 256 would hold a graph through generator, teacher and student of 0.28 GiB per
-    # 224-px image (measured on the CPU by tests/test_fidelity.py), about 99 GB at the peak with
-    # weights, Adam state and 25% for the allocator: batch 64 bounds it near 27 GB.
-    (dict(net="ViT", variant="paper"), dict(beta=0.0, batch=64)),
-    (dict(net="ViT", variant="reference"), dict(batch=8, n_gen=1, n_student=5, pseudo_batches=101)),
     # This project's reduced CPU budget on Digits/Digits5 (not the reference's; either recipe),
     # ~10 s with SmallCNN on 2 cores. Expect a weak student (forget digit 3: Dr ~40% against the
     # trained model's ~96%).

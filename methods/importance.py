@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Subset
 
 from cli import UserError
-from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
+from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hparam
 from registry import register
 from utils import progress_bar
 
@@ -23,8 +23,8 @@ from utils import progress_bar
 @dataclass(frozen=True)
 class SsdHP:
     """SSD and LF-SSD: where I_f > α·I_D the weight is multiplied by min(λ·I_D/I_f, 1)."""
-    alpha: float = hp(1.0, "SSD/LF-SSD selection weighting α", "ssd_alpha", NON_NEGATIVE)
-    lam: float = hp(1.0, "SSD/LF-SSD dampening constant λ", "ssd_lambda", NON_NEGATIVE)
+    alpha: float = hparam(1.0, "SSD/LF-SSD selection weighting α", "ssd_alpha", NON_NEGATIVE)
+    lam: float = hparam(1.0, "SSD/LF-SSD dampening constant λ", "ssd_lambda", NON_NEGATIVE)
 
 
 # (α, λ) as the reference's three forget_*_main.py pass them (LF-SSD gets the same pair); nets
@@ -42,16 +42,16 @@ class FisherHP:
     """variance = α·min(1/(F + 1e-8), clamp); clamp_final in the final layer; ×boost for 1-D
     parameters and, in full class, the final layer; the forget class's final-layer row gets
     mean 0 and variance forget_var (before the boost)."""
-    alpha: float = hp(1e-6, "FisherForgetting variance scale α (the reference's caller passes 1e-6; "
-                      "its get_mean_var defaults to 3e-6)", "fisher_alpha", NON_NEGATIVE)
-    clamp: float = hp(1e3, "FisherForgetting cap on 1/F", "fisher_clamp", POSITIVE)
-    clamp_final: float = hp(1e2, "FisherForgetting cap on 1/F in the final layer", "fisher_clamp_final", POSITIVE)
-    forget_var: float = hp(1e-4, "FisherForgetting variance of the forget class's final-layer row",
-                           "fisher_forget_var", NON_NEGATIVE)
-    boost: float = hp(10.0, "FisherForgetting variance factor for 1-D parameters (and the full-class final layer)",
-                      "fisher_boost", POSITIVE)
-    samples: Optional[int] = hp(None, "retain samples the Fisher is estimated on (none given: all, as the "
-                                "reference; else a seeded random subset)", "fisher_samples", AT_LEAST_ONE)
+    alpha: float = hparam(1e-6, "FisherForgetting variance scale α (the reference's caller passes 1e-6; "
+                          "its get_mean_var defaults to 3e-6)", "fisher_alpha", NON_NEGATIVE)
+    clamp: float = hparam(1e3, "FisherForgetting cap on 1/F", "fisher_clamp", POSITIVE)
+    clamp_final: float = hparam(1e2, "FisherForgetting cap on 1/F in the final layer", "fisher_clamp_final", POSITIVE)
+    forget_var: float = hparam(1e-4, "FisherForgetting variance of the forget class's final-layer row",
+                               "fisher_forget_var", NON_NEGATIVE)
+    boost: float = hparam(10.0, "FisherForgetting variance factor for 1-D parameters (and the full-class final layer)",
+                          "fisher_boost", POSITIVE)
+    samples: Optional[int] = hparam(None, "retain samples the Fisher is estimated on (none given: all, as the "
+                                    "reference; else a seeded random subset)", "fisher_samples", AT_LEAST_ONE)
 
 
 # Digits: this project's reduced CPU budget, not the reference's: SmallCNN costs ~40 ms of CPU per

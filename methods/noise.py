@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from cli import UserError
 from engine import train_epoch
-from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
+from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hparam
 from registry import register
 from utils import check_allocatable, progress_bar
 
@@ -26,14 +26,14 @@ class LearntNoiseHP:
     """What UNSIR and emmn share: noise images learnt by Adam (the error-maximising ones with a
     penalty on their squared norm), then trained on in ``noise_repeats`` copies. Each of these
     flags serves both methods (a run runs one of them)."""
-    noise_lr: float = hp(0.1, "UNSIR and emmn: Adam learning rate of the learnt noise", "noise_lr", POSITIVE)
-    l2: float = hp(0.1, "UNSIR and emmn: weight l2 of the error-maximising noise's penalty l2·mean_b ‖noise_b‖²",
-                   "noise_l2", NON_NEGATIVE)
-    noise_repeats: int = hp(80, "UNSIR and emmn: copies of the learnt noise trained on", "noise_repeats",
-                            AT_LEAST_ONE)
-    images: str = hp("reference", "UNSIR and emmn: train on the first C images of each learnt noise batch, C = "
-                     "channels (reference: its indexing defect keeps 3 images) or on the whole batch (full, as the "
-                     "papers)", "noise_images", choices=NOISE_IMAGES)
+    noise_lr: float = hparam(0.1, "UNSIR and emmn: Adam learning rate of the learnt noise", "noise_lr", POSITIVE)
+    l2: float = hparam(0.1, "UNSIR and emmn: weight l2 of the error-maximising noise's penalty "
+                       "l2·mean_b ‖noise_b‖²", "noise_l2", NON_NEGATIVE)
+    noise_repeats: int = hparam(80, "UNSIR and emmn: copies of the learnt noise trained on", "noise_repeats",
+                                AT_LEAST_ONE)
+    images: str = hparam("reference", "UNSIR and emmn: train on the first C images of each learnt noise batch, C = "
+                         "channels (reference: its indexing defect keeps 3 images) or on the whole batch (full, as the "
+                         "papers)", "noise_images", choices=NOISE_IMAGES)
 
 
 LEARNT_NOISE_ROWS = ((dict(recipe="corrected"), dict(images="full")),)
@@ -44,14 +44,14 @@ class UnsirHP(LearntNoiseHP):
     """One batch of error-maximising noise for the forget class; impair on its copies mixed with
     the first ``per_class`` retain samples of each class (fine classes in sub-class, as the
     reference); repair on those retain samples alone."""
-    noise_batch: int = hp(32, "UNSIR noise images learnt (the reference's fixed size, not -b)", "unsir_noise_size",
-                          AT_LEAST_ONE)
-    noise_steps: int = hp(25, "UNSIR Adam steps learning the noise", "unsir_noise_steps", AT_LEAST_ONE)
-    per_class: int = hp(500, "UNSIR retain samples per class", "unsir_per_class", AT_LEAST_ONE)
-    impair_batch: int = hp(32, "UNSIR impair batch", "unsir_impair_batch", AT_LEAST_ONE)
-    impair_lr: float = hp(1e-4, "UNSIR impair Adam learning rate", "unsir_impair_lr", POSITIVE)
-    repair_batch: int = hp(128, "UNSIR repair batch", "unsir_repair_batch", AT_LEAST_ONE)
-    repair_lr: float = hp(1e-4, "UNSIR repair Adam learning rate", "unsir_repair_lr", POSITIVE)
+    noise_batch: int = hparam(32, "UNSIR noise images learnt (the reference's fixed size, not -b)", "unsir_noise_size",
+                              AT_LEAST_ONE)
+    noise_steps: int = hparam(25, "UNSIR Adam steps learning the noise", "unsir_noise_steps", AT_LEAST_ONE)
+    per_class: int = hparam(500, "UNSIR retain samples per class", "unsir_per_class", AT_LEAST_ONE)
+    impair_batch: int = hparam(32, "UNSIR impair batch", "unsir_impair_batch", AT_LEAST_ONE)
+    impair_lr: float = hparam(1e-4, "UNSIR impair Adam learning rate", "unsir_impair_lr", POSITIVE)
+    repair_batch: int = hparam(128, "UNSIR repair batch", "unsir_repair_batch", AT_LEAST_ONE)
+    repair_lr: float = hparam(1e-4, "UNSIR repair Adam learning rate", "unsir_repair_lr", POSITIVE)
 
 
 UNSIR_OVERRIDES = Overrides(((dict(setting="subclass"), dict(noise_steps=250)),  # its sub-class script
@@ -63,14 +63,14 @@ class EmmnHP(LearntNoiseHP):
     """For every class a batch of noise images: error-maximising for the forget class,
     error-minimising (cross-entropy alone) for each other class; then ``epochs`` of Adam on
     copies of all of them, each labelled with its class."""
-    noise_batch: int = hp(4, "emmn noise images per class", "emmn_noise_size", AT_LEAST_ONE)
-    max_steps: int = hp(25, "emmn steps of the forget class's error-maximising noise", "emmn_max_steps",
-                        AT_LEAST_ONE)
-    min_steps: int = hp(30, "emmn steps of each other class's error-minimising noise", "emmn_min_steps",
-                        AT_LEAST_ONE)
-    batch: int = hp(4, "emmn training batch", "emmn_batch", AT_LEAST_ONE)
-    lr: float = hp(1e-4, "emmn training Adam learning rate", "emmn_lr", POSITIVE)
-    epochs: int = hp(2, "emmn training epochs", "emmn_epochs", AT_LEAST_ONE)
+    noise_batch: int = hparam(4, "emmn noise images per class", "emmn_noise_size", AT_LEAST_ONE)
+    max_steps: int = hparam(25, "emmn steps of the forget class's error-maximising noise", "emmn_max_steps",
+                            AT_LEAST_ONE)
+    min_steps: int = hparam(30, "emmn steps of each other class's error-minimising noise", "emmn_min_steps",
+                            AT_LEAST_ONE)
+    batch: int = hparam(4, "emmn training batch", "emmn_batch", AT_LEAST_ONE)
+    lr: float = hparam(1e-4, "emmn training Adam learning rate", "emmn_lr", POSITIVE)
+    epochs: int = hparam(2, "emmn training epochs", "emmn_epochs", AT_LEAST_ONE)
 
 
 EMMN_OVERRIDES = Overrides(LEARNT_NOISE_ROWS)

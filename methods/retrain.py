@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 
 from engine import Warmup, multistep, reference_schedule, train_epoch
-from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hp
+from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hparam
 from registry import register
 
 
@@ -15,17 +15,17 @@ class RetrainHP:
     schedule warms up over epochs 0 and 1 (lr·i/T in epoch 0, rising to about 2·lr in epoch 1,
     T batches per epoch) and applies the milestones from epoch 2; the corrected one warms up
     linearly over the first ``warm_epochs`` epochs, then applies the milestones."""
-    epochs: int = hp(200, "retrain epochs", "epochs", AT_LEAST_ONE)
-    milestones: tuple = hp((60, 120, 160), "retrain epochs at which the learning rate is multiplied by gamma",
-                           "retrain_milestones")
-    lr: float = hp(0.01, "retrain SGD learning rate", "retrain_lr", POSITIVE)
-    momentum: float = hp(0.9, "retrain SGD momentum", "retrain_momentum", NON_NEGATIVE)
-    weight_decay: float = hp(5e-4, "retrain SGD weight decay", "retrain_wd", NON_NEGATIVE)
-    gamma: float = hp(0.2, "retrain learning-rate decay at each milestone", "retrain_gamma", POSITIVE)
-    warm_epochs: int = hp(1, "retrain warm-up epochs (warmup schedule only)", "retrain_warm", NON_NEGATIVE)
-    schedule: str = hp("reference", "retrain learning-rate schedule: the reference's (its WarmUpLR stepped through "
-                       "epochs 0 and 1, then MultiStepLR.step(epoch)) or warmup (linear warm-up, then the milestones)",
-                       "retrain_schedule", choices=("reference", "warmup"))
+    epochs: int = hparam(200, "retrain epochs", "epochs", AT_LEAST_ONE)
+    milestones: tuple = hparam((60, 120, 160), "retrain epochs at which the learning rate is multiplied by gamma",
+                               "retrain_milestones")
+    lr: float = hparam(0.01, "retrain SGD learning rate", "retrain_lr", POSITIVE)
+    momentum: float = hparam(0.9, "retrain SGD momentum", "retrain_momentum", NON_NEGATIVE)
+    weight_decay: float = hparam(5e-4, "retrain SGD weight decay", "retrain_wd", NON_NEGATIVE)
+    gamma: float = hparam(0.2, "retrain learning-rate decay at each milestone", "retrain_gamma", POSITIVE)
+    warm_epochs: int = hparam(1, "retrain warm-up epochs (warmup schedule only)", "retrain_warm", NON_NEGATIVE)
+    schedule: str = hparam("reference", "retrain learning-rate schedule: the reference's (its WarmUpLR stepped "
+                           "through epochs 0 and 1, then MultiStepLR.step(epoch)) or warmup (linear warm-up, then the "
+                           "milestones)", "retrain_schedule", choices=("reference", "warmup"))
 
 
 # The reference's schedules per data set and net. The Digits rows are this project's CPU budget,
@@ -44,10 +44,10 @@ RETRAIN_OVERRIDES = Overrides((
 @dataclass(frozen=True)
 class FinetuneHP:
     """Constant learning rate, SGD on retain_train only."""
-    epochs: int = hp(5, "finetune epochs", "finetune_epochs", AT_LEAST_ONE)
-    lr: float = hp(0.02, "finetune SGD learning rate", "finetune_lr", POSITIVE)
-    momentum: float = hp(0.9, "finetune SGD momentum", "finetune_momentum", NON_NEGATIVE)
-    weight_decay: float = hp(5e-4, "finetune SGD weight decay", "finetune_wd", NON_NEGATIVE)
+    epochs: int = hparam(5, "finetune epochs", "finetune_epochs", AT_LEAST_ONE)
+    lr: float = hparam(0.02, "finetune SGD learning rate", "finetune_lr", POSITIVE)
+    momentum: float = hparam(0.9, "finetune SGD momentum", "finetune_momentum", NON_NEGATIVE)
+    weight_decay: float = hparam(5e-4, "finetune SGD weight decay", "finetune_wd", NON_NEGATIVE)
 
 
 def sgd(model, lr, momentum, weight_decay):

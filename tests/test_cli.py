@@ -20,11 +20,12 @@ import forget_sub_class_main
 import models
 from launch import threads_per_slot
 
-RECORD_KEYS = {"setting", "dataset", "net", "method", "forget", "seed", "sigma", "eta", "n_samples",
+RECORD_KEYS = {"setting", "dataset", "net", "method", "forget", "seed",
                "TestAcc", "RetainTestAcc", "Df", "MIA", "MethodTime", "EvalTime", "TestAccExact",
                "args", "versions", "device", "threads", "time"}
 METRICS = ("TestAcc", "RetainTestAcc", "Df", "MIA", "TestAccExact", "RetainTestAccExact", "DfExact")
 OVERRIDE = {"sigma": 0.2, "eta": 0.001, "n_samples": 3}
+JIT_KEYS = set(OVERRIDE)  # at a record's top level when JiT ran, and only then
 
 
 def full_cmd(weights, results, method="baseline", *extra):
@@ -85,6 +86,10 @@ def test_full_class_run_succeeds_and_appends_one_record(full_runs, name):
     rec = only_record(results)
     missing = RECORD_KEYS - set(rec)
     assert not missing, f"record lacks {sorted(missing)}"
+    if rec["method"] == "lipschitz_forgetting":
+        assert JIT_KEYS <= set(rec)
+    else:
+        assert not JIT_KEYS & set(rec) and all(rec["args"][k] is None for k in JIT_KEYS)
 
 
 @pytest.mark.parametrize("name,method", [("baseline", "baseline"), ("jit", "lipschitz_forgetting"),
@@ -193,11 +198,16 @@ def test_random_run_forgets_the_requested_fraction(other_runs):
 
 @pytest.mark.parametrize("run, main", [("sub", forget_sub_class_main), ("random", forget_random_main)])
 def test_jit_defaults_come_from_each_main_table(other_runs, run, main):
+    """The random run is JiT's: its σ, η, N are its main's table row. The sub-class run is a
+    baseline, which holds none of them (the sub-class table's row is checked in-process)."""
     proc, results = other_runs[run]
     assert proc.returncode == 0, describe(proc)
     rec = only_record(results)
     top = main.JIT["VGG16"]
-    assert (rec["sigma"], rec["eta"], rec["n_samples"]) == (top["sigma"], top["eta"], top["n_samples"])
+    if rec["method"] == "lipschitz_forgetting":
+        assert (rec["sigma"], rec["eta"], rec["n_samples"]) == (top["sigma"], top["eta"], top["n_samples"])
+    else:
+        assert not JIT_KEYS & set(rec)
 
 
 # ---- pretrain_model.py --------------------------------------------------------------------

@@ -23,9 +23,7 @@ from methods import METHODS
 # ---- -recipe: one switch, recorded ------------------------------------------------------------
 
 def _args(main, argv):
-    p = flags.base_parser("t", batch_size=main.TASK.batch, jit_table=main.JIT)
-    main.add_task_args(p)
-    return p.parse_args(argv)
+    return flags.parser_for(main.TASK).parse_args(argv)
 
 
 def _weights(tmp_path, net, classes):
@@ -51,8 +49,8 @@ def test_recipe_defaults_to_the_reference_and_selects_every_choice():
     one = _args(full, base + ["-method", "scrub", "-recipe", "corrected", "-retain_test_order", "grouped"])
     assert flags.resolve_data(one, "fullclass").retain_test_order == "grouped"
     for m in ("UNSIR", "emmn", "gkt", "retrain", "scrub"):
-        r = flags.resolve_method(_args(full, base + ["-method", m]), "fullclass", full.JIT)
-        c = flags.resolve_method(_args(full, base + ["-method", m, "-recipe", "corrected"]), "fullclass", full.JIT)
+        r = flags.resolve_method(_args(full, base + ["-method", m]), full.TASK)
+        c = flags.resolve_method(_args(full, base + ["-method", m, "-recipe", "corrected"]), full.TASK)
         assert r != c, m
 
 
@@ -243,8 +241,8 @@ def test_ssd_importance_batches_reach_the_method_in_the_reference_order(tmp_path
                            "-forget_class", "rocket", "-method", "ssd_tuning", "-data_root", str(root),
                            "-results", str(tmp_path / "r.jsonl"), "-relearn_max_steps", "0", "-recipe", recipe,
                            "-retrain_dir", str(tmp_path), *_weights(tmp_path, "SmallCNN", 20)])
-        flags.resolve_jit(args, sub.JIT)
-        rec = experiment.execute(experiment.prepare(args, sub.TASK.setting, *sub.task(args)), args)
+        rec = experiment.execute(experiment.prepare(args, sub.TASK.setting, *sub.split(args)), args,
+                                 flags.resolve_method(args, sub.TASK))
         fine = seen["order"]
         n_forget = rec["n_forget"]
         if recipe == "reference":
@@ -277,7 +275,7 @@ def _random_exp(tmp_path, net, seed, recipe, perc=0.2):
                        "-method", "baseline", "-data_root", str(root), "-seed", str(seed), "-recipe", recipe,
                        "-results", str(tmp_path / "r.jsonl"), "-retrain_dir", str(tmp_path),
                        *_weights(tmp_path, net, 10)])
-    return experiment.prepare(args, rnd.TASK.setting, *rnd.task(args))
+    return experiment.prepare(args, rnd.TASK.setting, *rnd.split(args))
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -377,7 +375,7 @@ def test_sub_class_retain_test_order_follows_the_recipe(tmp_path, recipe, groupe
                        "-forget_class", "rocket", "-method", "baseline", "-data_root", str(root), "-recipe", recipe,
                        "-results", str(tmp_path / "r.jsonl"), "-retrain_dir", str(tmp_path),
                        *_weights(tmp_path, "SmallCNN", 20)])
-    exp = experiment.prepare(args, sub.TASK.setting, *sub.task(args))
+    exp = experiment.prepare(args, sub.TASK.setting, *sub.split(args))
     idx = exp.split["retain_valid"][1]
     fine = exp.test.fine[idx]
     assert (list(fine) == sorted(fine)) is grouped
@@ -732,8 +730,8 @@ def test_jit_starts_from_the_generator_reseeded_by_seed_not_the_references_consu
                         "-method", "lipschitz_forgetting", "-seed", "7", "-relearn_max_steps", "0",
                         "-results", str(tmp_path / "r.jsonl"), "-retrain_dir", str(tmp_path),
                         *_weights(tmp_path, "SmallCNN", 10)])
-    flags.resolve_jit(args, full.JIT)
-    experiment.execute(experiment.prepare(args, full.TASK.setting, *full.task(args)), args)
+    experiment.execute(experiment.prepare(args, full.TASK.setting, *full.split(args)), args,
+                       flags.resolve_method(args, full.TASK))
     torch.manual_seed(7)
     assert torch.equal(seen["state"], torch.get_rng_state())
     # the reference's state at that point: two initialisations and a loader iterator later

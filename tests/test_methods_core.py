@@ -60,14 +60,12 @@ def test_the_core_hands_zero_shot_methods_no_retain_data(monkeypatch, smallcnn_c
     monkeypatch.setitem(METHODS, "lipschitz_forgetting",
                         methods.Method("lipschitz_forgetting", spy, METHODS["lipschitz_forgetting"].hparams,
                                        zero_shot=True))
-    p = flags.base_parser("t")
-    main.add_task_args(p)
-    args = p.parse_args(["-net", "SmallCNN", "-dataset", "Digits", "-classes", "10", "-forget_class", "3",
-                         "-method", "lipschitz_forgetting", "-weight_path", smallcnn_ckpt,
-                         "-results", str(tmp_path / "r.jsonl"), "-relearn_max_steps", "0",
-                         "-retrain_dir", str(tmp_path)])
-    flags.resolve_jit(args, main.JIT)
-    execute(experiment.prepare(args, main.TASK.setting, *main.task(args)), args)
+    args = flags.parser_for(main.TASK).parse_args([
+        "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10", "-forget_class", "3",
+        "-method", "lipschitz_forgetting", "-weight_path", smallcnn_ckpt, "-results", str(tmp_path / "r.jsonl"),
+        "-relearn_max_steps", "0", "-retrain_dir", str(tmp_path)])
+    execute(experiment.prepare(args, main.TASK.setting, *main.split(args)), args,
+            flags.resolve_method(args, main.TASK))
     data = seen["data"]
     assert data.retain_train is None and data.full_train is None
     assert len(data.forget_train.dataset) > 0

@@ -18,7 +18,8 @@ import methods.distill as bd
 import methods.importance as bi
 import methods.retrain as br
 from cli import UserError
-from methods.jit import VIT_CHUNK, JitHP, table_overrides
+from hparams import by_net
+from methods.jit import JIT_OVERRIDES, JitHP
 from registry import UnlearnData
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -369,12 +370,13 @@ def test_retrain_that_diverges_names_the_method_and_epoch():
 # ---- JiT's table ---------------------------------------------------------------------------------------
 
 def test_jit_table_rows_vgg16_then_one_per_net_then_vit_chunk():
-    """A main's JIT table becomes: VGG16's row for every run, one row per other named net, then
-    ViT's chunk; the rows are what -h prints, and resolve picks the net's row, VGG16's for a
-    net without one."""
+    """A main's JIT table becomes: VGG16's row for every run, one row per other named net, after
+    JiT's own table (ViT's chunk); the rows are what -h prints, and resolve picks the net's row,
+    VGG16's for a net without one."""
     table = {"ViT": dict(sigma=2.0, eta=0.2, n_samples=6), "VGG16": dict(sigma=3.0, eta=0.3, n_samples=7)}
-    rows = table_overrides(table)
-    assert rows.rows == (({}, table["VGG16"]), (dict(net="ViT"), table["ViT"]), *VIT_CHUNK)
+    assert by_net(table, fallback="VGG16").rows == (({}, table["VGG16"]), (dict(net="ViT"), table["ViT"]))
+    rows = JIT_OVERRIDES + by_net(table, fallback="VGG16")
+    assert rows.rows == (*JIT_OVERRIDES.rows, ({}, table["VGG16"]), (dict(net="ViT"), table["ViT"]))
     vgg = hparams.resolve(JitHP, rows, dict(net="VGG16"))
     assert (vgg.sigma, vgg.eta, vgg.n_samples) == (3.0, 0.3, 7)
     vit = hparams.resolve(JitHP, rows, dict(net="ViT"))
