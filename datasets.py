@@ -12,6 +12,7 @@ import os
 import pickle
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from cli import UserError
-from hparams import Overrides, hp
+from hparams import AT_LEAST_ONE, Overrides, hp
 
 # CIFAR-100's per-channel training-set mean and standard deviation, to the digits the reference
 # uses (it applies them to every data set).
@@ -50,11 +51,15 @@ class DataHP:
     pins_split: str = hp(
         "none", "Pins: train and evaluate on the whole folder (none) or on an 80/20 split per person",
         "pins_split", choices=("none", "per_person"))
+    loader_batch: Optional[int] = hp(
+        None, "batch of the forget and retain training loaders (the methods' forget and retain batches; in the "
+        "random setting also Df's), none: -b", "loader_batch", AT_LEAST_ONE)
 
 
 DATA_OVERRIDES = Overrides((
     (dict(recipe="reference", setting="subclass"), dict(importance_order="grouped")),
-    (dict(recipe="reference", setting="random"), dict(importance_order="retain_forget")),
+    # the reference's random main builds its forget and retain loaders with batch 128 whatever -b is
+    (dict(recipe="reference", setting="random"), dict(importance_order="retain_forget", loader_batch=128)),
     (dict(recipe="corrected"), dict(retain_test_order="dataset", split_draw="own_generator", pins_split="per_person")),
 ))
 

@@ -24,6 +24,9 @@ def base_parser(description, batch_size=128, with_method=True, jit_table=None):
     p.add_argument("-b", type=int_in(1), default=batch_size, help="batch size of the forget/retain loaders (>= 1)")
     p.add_argument("-warm", type=int_in(0), default=1, help="accepted for parity with the reference (unused here)")
     p.add_argument("-lr", type=float_above(0), default=0.1, help="accepted for parity with the reference (unused here)")
+    p.add_argument("-epochs", type=int, default=None,
+                   help="accepted for parity with the reference, which never reads it (unused here; the retrains "
+                        "take -retrain_epochs)")
     if with_method:
         p.add_argument("-method", required=True, choices=list(METHODS), help="unlearning method")
     p.add_argument("-recipe", default=hparams.RECIPES[0], choices=hparams.RECIPES,

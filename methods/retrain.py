@@ -15,7 +15,7 @@ class RetrainHP:
     schedule warms up over epochs 0 and 1 (lr·i/T in epoch 0, rising to about 2·lr in epoch 1,
     T batches per epoch) and applies the milestones from epoch 2; the corrected one warms up
     linearly over the first ``warm_epochs`` epochs, then applies the milestones."""
-    epochs: int = hp(200, "retrain epochs", "epochs", AT_LEAST_ONE)
+    epochs: int = hp(200, "retrain epochs", "retrain_epochs", AT_LEAST_ONE)
     milestones: tuple = hp((60, 120, 160), "retrain epochs at which the learning rate is multiplied by gamma",
                            "retrain_milestones")
     lr: float = hp(0.01, "retrain SGD learning rate", "retrain_lr", POSITIVE)

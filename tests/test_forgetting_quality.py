@@ -33,7 +33,7 @@ def call(argv, cwd):
 
 def base_argv(weights, k=4):
     return [str(a) for a in ("-setting", "fullclass", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
-                             "-forget_class", "3", "-weight_path", weights, "-K", k, "-epochs", "1",
+                             "-forget_class", "3", "-weight_path", weights, "-K", k, "-retrain_epochs", "1",
                              "-data_root", REPO / "data", "-n_samples", "2")]
 
 
