@@ -167,7 +167,7 @@ def execute(exp, args, hp=None):
         try:
             check_finite(model)
             scores, forget_logits = evaluate_split(model, exp.train, exp.test, exp.split, args.b, workers, device,
-                                                   args.amp, eval_batches)
+                                                   args.amp, batches=eval_batches)
         except Diverged as e:
             diverged = str(e)
     if diverged is None:

@@ -78,6 +78,17 @@ def freeze_unused(model):
     return model
 
 
+def lr_schedule(opt, args, epochs, steps):
+    """(one-cycle, the per-batch driver to step): one-cycle cosine over every batch with a linear
+    warm-up over the first -warm epochs. Reference recipe: the reference's, peak 0.1 whatever
+    -lr is and its WarmUpLR from 0 to one-cycle's initial rate (ReferenceWarmup); corrected:
+    peak -lr, the warm-up scaling one-cycle's current rate (Warmup)."""
+    reference = args.recipe == "reference"
+    onecycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=REFERENCE_PEAK_LR if reference else args.lr,
+                                                   epochs=epochs, steps_per_epoch=steps, anneal_strategy="cos")
+    return onecycle, (ReferenceWarmup if reference else Warmup)(opt, onecycle, args.warm * steps)
+
+
 class RankError(UserError):
     """A UserError that only this process has (the others do not say it for it)."""
 
@@ -305,9 +316,7 @@ def train_model(args, epochs, state, ctx):
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     steps = len(train_dl)
     reference = args.recipe == "reference"
-    onecycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=REFERENCE_PEAK_LR if reference else args.lr,
-                                                   epochs=epochs, steps_per_epoch=steps, anneal_strategy="cos")
-    sched = (ReferenceWarmup if reference else Warmup)(opt, onecycle, args.warm * steps)
+    onecycle, sched = lr_schedule(opt, args, epochs, steps)
 
     if state is None:
         start, best_acc, best_path = 1, -1.0, None
