@@ -62,7 +62,7 @@ def test_cache_name_changes_with_everything_that_changes_a_retrain():
     assert name == fq.retrain_path(args, "fullclass", "3", hp, 0)
     variants = [fq.retrain_path(args, "fullclass", "3", hp, 1), fq.retrain_path(args, "fullclass", "4", hp, 0),
                 fq.retrain_path(args, "random", "3", hp, 0)]
-    for flags in (["-epochs", "2"], ["-retrain_lr", "0.1"], ["-b", "64"], ["-seed", "1"], ["-net", "SmallCNN"]):
+    for flags in (["-retrain_epochs", "2"], ["-retrain_lr", "0.1"], ["-b", "64"], ["-seed", "1"], ["-net", "SmallCNN"]):
         _, other = fq.parse_args(base_argv("a/w.pth") + flags)
         other_hp = fq.hparams_of(other, "fullclass", fq.TASKS["fullclass"], "retrain_full")
         variants.append(fq.retrain_path(other, "fullclass", "3", other_hp, 0))
