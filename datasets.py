@@ -9,7 +9,7 @@ import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from batching import device_batches as device_batches
 from cifar_files import load_cifar10, load_cifar100
 from cli import UserError
-from hparams import Overrides, hparam
+from hparams import AT_LEAST_ONE, Overrides, hparam
 from images import MEAN as MEAN
 from images import STD as STD
 from images import ArrayImages, ImageTransform
@@ -48,11 +48,15 @@ class DataHP:
     pins_split: str = hparam(
         "none", "Pins: train and evaluate on the whole folder (none) or on an 80/20 split per person",
         "pins_split", choices=("none", "per_person"))
+    loader_batch: Optional[int] = hparam(
+        None, "batch of the forget and retain training loaders (the methods' forget and retain batches; in the "
+        "random setting also Df's), none: -b", "loader_batch", AT_LEAST_ONE)
 
 
 DATA_OVERRIDES = Overrides((
     (dict(recipe="reference", setting="subclass"), dict(importance_order="grouped")),
-    (dict(recipe="reference", setting="random"), dict(importance_order="retain_forget")),
+    # the reference's random main builds its forget and retain loaders with batch 128 whatever -b is
+    (dict(recipe="reference", setting="random"), dict(importance_order="retain_forget", loader_batch=128)),
     (dict(recipe="corrected"), dict(retain_test_order="dataset", split_draw="own_generator", pins_split="per_person")),
 ))
 

@@ -29,6 +29,30 @@ class Warmup:
         self._scale()
 
 
+class ReferenceWarmup:
+    """The reference's pretraining warm-up laid over ``schedule`` (OneCycleLR), stepped every
+    batch: its WarmUpLR is built after OneCycleLR, so it scales one-cycle's initial rate (the
+    peak / 25), not the current one, and it is stepped after one-cycle in each warm-up batch.
+    Global batch t runs at initial·t/(warm_steps + 1e-8) for t <= warm_steps (the first at
+    lr 0, the warm-up ending at the initial rate), then at one-cycle's rate for batch t."""
+
+    def __init__(self, optimizer, schedule, warm_steps):
+        self.optimizer, self.schedule, self.warm_steps = optimizer, schedule, warm_steps
+        self.start = [g["initial_lr"] for g in optimizer.param_groups]
+        self.t = 0
+        self._ramp()
+
+    def _ramp(self):
+        if self.t <= self.warm_steps:
+            for g, start in zip(self.optimizer.param_groups, self.start):
+                g["lr"] = start * self.t / (self.warm_steps + 1e-8)
+
+    def step(self):
+        self.t += 1
+        self.schedule.step()
+        self._ramp()
+
+
 def multistep(optimizer, steps_per_epoch, milestones, gamma):
     """MultiStepLR with milestones in epochs, stepped per batch."""
     return torch.optim.lr_scheduler.LambdaLR(

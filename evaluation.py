@@ -42,10 +42,11 @@ def logits_of(model, ds, workers, device, desc, amp=False):
     return metrics.predict(model, progress_bar(batches, desc), device, amp)
 
 
-def evaluate_split(model, train, test, split, batch, workers, device, amp=False):
+def evaluate_split(model, train, test, split, batch, workers, device, amp=False, batches=None):
     """Every metric from one forward pass over the train set and one over the test set.
     Accuracies are computed per split in the split's own order, batched by ``batch`` for the
-    reference's mean-of-batch accuracy. Returns (scores, forget_train logits)."""
+    reference's mean-of-batch accuracy, or by ``batches[key]`` for the keys it names
+    (``TestAcc``, ``RetainTestAcc``, ``Df``). Returns (scores, forget_train logits)."""
     logits = {"train": logits_of(model, train, workers, device, "eval train", amp),
               "test": logits_of(model, test, workers, device, "eval test", amp)}
     for name, (lg, _) in logits.items():
@@ -65,7 +66,7 @@ def evaluate_split(model, train, test, split, batch, workers, device, amp=False)
     for key, name in (("TestAcc", "test"), ("RetainTestAcc", "retain_valid"), ("Df", "forget_valid")):
         lg, y = part(name)
         correct = (lg.argmax(1) == y).numpy()
-        out[key] = metrics.batch_mean_accuracy(correct, batch)
+        out[key] = metrics.batch_mean_accuracy(correct, (batches or {}).get(key, batch))
         out[key + "Exact"] = metrics.exact_accuracy(correct)
     ent = {n: metrics.entropy(F.softmax(part(n)[0], dim=-1)).numpy()
            for n in ("retain_train", "forget_train", "test")}

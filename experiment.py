@@ -17,6 +17,7 @@ from cli import UserError, run_cli
 from evaluation import Diverged, check_finite, divergence_from, evaluate_split, exact_accuracy_of, loader, relearn_steps
 from flags import check_outputs, check_tables, parser_for, resolve_data, resolve_method, warn_inapplicable
 from methods import METHODS, UnlearnData
+from methods.noise import retain_test_batch
 from models import build_model, input_size
 from records import read_records
 from registry import RETRAIN_METHODS
@@ -109,9 +110,10 @@ def prepare(args, setting, num_classes, target_id, split_fn):
         if len(idx) == 0:
             raise UserError(f"the {name} split is empty for forget target {forget!r}")
     subset = {n: Subset(train if src == "train" else test, idx) for n, (src, idx) in split.items()}
+    batch = pipe.loader_batch or args.b
     data = UnlearnData(
-        forget_train=loader(subset["forget_train"], args.b, False, workers, device),
-        retain_train=loader(subset["retain_train"], args.b, True, workers, device, args.seed),
+        forget_train=loader(subset["forget_train"], batch, False, workers, device),
+        retain_train=loader(subset["retain_train"], batch, True, workers, device, args.seed),
         # the batches of SSD/LF-SSD's importance over the whole training set (their order matters)
         full_train=loader(Subset(train, datasets.importance_order(
             split, pipe.importance_order, args.seed, train.targets if train.fine is None else train.fine)),
@@ -191,11 +193,17 @@ def execute(exp, args, hp):
 
     t0 = time.perf_counter()
     scores = {}
+    # Accuracies batched otherwise than -b, as the reference scores them: in the random setting
+    # Df over its forget loader itself; after UNSIR or emmn the retained test images in their
+    # noise batch.
+    eval_batches = {"Df": exp.data.forget_train.batch_size} if exp.setting == "random" else {}
+    if retain_test_batch(hp) is not None:
+        eval_batches["RetainTestAcc"] = retain_test_batch(hp)
     if diverged is None:
         try:
             check_finite(model)
             scores, forget_logits = evaluate_split(model, exp.train, exp.test, exp.split, args.b, workers, device,
-                                                   args.amp)
+                                                   args.amp, batches=eval_batches)
         except Diverged as e:
             diverged = str(e)
     if diverged is None:
@@ -220,7 +228,8 @@ def execute(exp, args, hp):
         MethodTime=method_time, EvalTime=eval_time,
         n_forget=int(len(exp.split["forget_train"][1])), n_retain=int(len(exp.split["retain_train"][1])),
         accuracy_note="TestAcc/RetainTestAcc/Df: mean of per-batch accuracy (%) as the reference "
-                      "computes it, batch -b; *Exact: correct/total (%)",
+                      "computes it, batch -b unless eval_batches names another; *Exact: correct/total (%)",
+        eval_batches=eval_batches,
         recipe=getattr(args, "recipe", "reference"), pipeline=hparams.as_record(exp.pipe),
         hparams=hparams.as_record(hp), args=dict(vars(args)), versions=library_versions(),
         code=records.code_version(), device=device_name(device), threads=torch.get_num_threads(), time=now_iso(),

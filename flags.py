@@ -44,6 +44,9 @@ def base_parser(description, task, with_method=True):
     p.add_argument("-b", type=int_in(1), default=task.batch, help="batch size of the forget/retain loaders (>= 1)")
     p.add_argument("-warm", type=int_in(0), default=1, help="accepted for parity with the reference (unused here)")
     p.add_argument("-lr", type=float_above(0), default=0.1, help="accepted for parity with the reference (unused here)")
+    p.add_argument("-epochs", type=int, default=None,
+                   help="accepted for parity with the reference, which never reads it (unused here; the retrains "
+                        "take -retrain_epochs)")
     if with_method:
         p.add_argument("-method", required=True, choices=list(METHODS), help="unlearning method")
     p.add_argument("-recipe", default=hparams.RECIPES[0], choices=hparams.RECIPES,
@@ -106,7 +109,8 @@ def resolve_method(args, task):
 
 def warn_inapplicable(args):
     """One warning line per hyperparameter flag given on the command line that sets only other
-    methods' hyperparameters than ``args.method``'s: the run ignores it."""
+    methods' hyperparameters than ``args.method``'s: the run ignores it. -epochs, which the
+    reference's forget mains accept and never read, is named with the method's own epoch flags."""
     users = {}
     for name, m in METHODS.items():
         for f in dataclasses.fields(m.hparams) if m.hparams else ():
@@ -115,6 +119,13 @@ def warn_inapplicable(args):
         if flag and args.method not in names and getattr(args, flag, None) is not None:
             print(f"warning: -{flag} sets a hyperparameter of {', '.join(names)}, not of {args.method}: "
                   f"this run ignores it", file=sys.stderr)
+    if getattr(args, "epochs", None) is not None:
+        hparams_class = METHODS[args.method].hparams
+        own = [f"-{f.metadata['flag']}" for f in dataclasses.fields(hparams_class) if f.name == "epochs"] \
+            if hparams_class else []
+        where = f"{args.method} takes {' and '.join(own)}" if own else f"{args.method} has no epochs to set"
+        print(f"warning: -epochs is accepted for parity with the reference and unused, as there; {where}",
+              file=sys.stderr)
 
 
 def check_outputs(args):

@@ -18,6 +18,7 @@ def add_args(p):
     p.add_argument("-superclasses", type=int, required=True, help="number of coarse classes (the model's outputs)")
     p.add_argument("-subclasses", type=int, required=True, help="number of fine classes")
     p.add_argument("-forget_class", required=True, help="fine class to forget (name such as rocket, or fine label id)")
+    p.set_defaults(seed=42)  # the reference's sub-class main defaults -seed to 42 (its other mains to 0)
 
 
 def split(args):

@@ -62,7 +62,7 @@ timeout "$limit" python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 
 summary "pretrain -resume ${dev[*]}: exit $? in $((SECONDS - t0)) s: $(grep -E "^(resuming|epoch 2/2|error)" "$out/resume.log" | tr '\n' ' ')"
 if [ -f "$out/vgg16-cifar100.pth" ]; then
     t0=$SECONDS
-    RESULTS=$out/grid.jsonl EXTRA_ARGS="-data_root $data -epochs 1 -gkt_batches 20 -relearn_max_steps 10 -retrain_dir $out/retrained" \
+    RESULTS=$out/grid.jsonl EXTRA_ARGS="-data_root $data -retrain_epochs 1 -gkt_batches 20 -relearn_max_steps 10 -retrain_dir $out/retrained" \
         PYTHON=python timeout "$limit" ./cifar100_fullclass_exps_vgg.sh "$slot" 0 "$out/vgg16-cifar100.pth" > "$out/grid.log" 2>&1
     summary "cifar100_fullclass_exps_vgg.sh $slot: exit $? in $((SECONDS - t0)) s, $(wc -l < "$out/grid.jsonl" 2>/dev/null || echo 0) records"
     python report.py "$out/grid.jsonl" -out "$out/grid-report" > /dev/null 2>&1

@@ -1,8 +1,11 @@
 """Train the model that is later unlearned.
 
 python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 -gpu
-SGD (momentum 0.9, weight decay 5e-4), cross-entropy, a one-cycle cosine schedule with max lr
--lr stepped every batch and a linear warm-up over the first -warm epochs. After every epoch
+SGD (momentum 0.9, weight decay 5e-4), cross-entropy, a one-cycle cosine schedule stepped every
+batch and a linear warm-up over the first -warm epochs: under -recipe reference (the default) as
+the reference runs them (peak 0.1 whatever -lr is; the warm-up climbs from 0 to one-cycle's
+initial rate, 0.1/25), under -recipe corrected with peak -lr and the warm-up scaling one-cycle's
+current rate. After every epoch
 the test accuracy is measured and a new best is saved (atomically) as a plain state dict,
 and the whole training state (model, optimiser, schedule, epoch) is saved beside it, so that
 ``-resume`` continues a killed job and loses at most the epoch it was in.
@@ -34,7 +37,7 @@ import datasets
 import hparams
 import metrics
 from cli import Parser, UserError, float_above, int_in, one_line, run_cli, seed_type
-from engine import Warmup, train_epoch
+from engine import ReferenceWarmup, Warmup, train_epoch
 from models import MODELS, ViT, build_model, input_size
 from utils import atomic_save, check_writable, non_finite_tensors, resolve_device, seed_everything
 
@@ -51,6 +54,8 @@ RESUME_FORMAT = "jit-unlearning pretrain state v1"
 # is the resolved one: under another recipe a Pins run would train on its held-out images.
 RESUME_IDENTITY = ("net", "dataset", "classes", "b", "warm", "lr", "epochs", "seed", "vit_weights", "recipe",
                    "pins_split", "sync_bn")
+# The reference's one-cycle peak: its script builds OneCycleLR with max_lr=0.1 and never reads -lr.
+REFERENCE_PEAK_LR = 0.1
 
 
 def default_epochs(net, dataset):
@@ -75,6 +80,17 @@ def freeze_unused(model):
     return model
 
 
+def lr_schedule(opt, args, epochs, steps):
+    """(one-cycle, the per-batch driver to step): one-cycle cosine over every batch with a linear
+    warm-up over the first -warm epochs. Reference recipe: the reference's, peak 0.1 whatever
+    -lr is and its WarmUpLR from 0 to one-cycle's initial rate (ReferenceWarmup); corrected:
+    peak -lr, the warm-up scaling one-cycle's current rate (Warmup)."""
+    reference = args.recipe == "reference"
+    onecycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=REFERENCE_PEAK_LR if reference else args.lr,
+                                                   epochs=epochs, steps_per_epoch=steps, anneal_strategy="cos")
+    return onecycle, (ReferenceWarmup if reference else Warmup)(opt, onecycle, args.warm * steps)
+
+
 class RankError(UserError):
     """A UserError that only this process has (the others do not say it for it)."""
 
@@ -91,7 +107,8 @@ def parse_args(argv=None):
                    help="global batch size, an integer >= 1; under torchrun a multiple of the number of processes")
     p.add_argument("-warm", type=int_in(0), default=1, help="warm-up epochs, an integer >= 0")
     p.add_argument("-lr", type=float_above(0), default=0.1,
-                   help="maximum learning rate of the one-cycle schedule, a finite number > 0")
+                   help="maximum learning rate of the one-cycle schedule under -recipe corrected, a finite number "
+                        "> 0 (the reference recipe's is 0.1, as the reference's, which ignores -lr)")
     p.add_argument("-epochs", type=int_in(1), default=None,
                    help="epochs, an integer >= 1 (default: the reference's per net/data set)")
     p.add_argument("-seed", type=seed_type, default=0, help="seed, an integer in 0..2**32-1")
@@ -111,10 +128,11 @@ def parse_args(argv=None):
     p.add_argument("-workers", type=int_in(0), default=None,
                    help="data-loader workers per process, an integer >= 0 (default: 0 on CPU, 4 on GPU)")
     p.add_argument("-recipe", default=hparams.RECIPES[0], choices=hparams.RECIPES,
-                   help="reference: the reference's data pipeline (Pins: train and test on the whole folder); "
-                        "corrected: Pins with a held-out 80/20 split per person")
+                   help="reference: the reference's learning-rate schedule and data pipeline (Pins: train and test "
+                        "on the whole folder); corrected: one-cycle to -lr with a warm-up that scales it, and Pins "
+                        "with a held-out 80/20 split per person")
     hparams.add_flags(p, datasets.DataHP, datasets.DATA_OVERRIDES, group="data pipeline",
-                      skip={"importance_order", "retain_test_order", "split_draw"})
+                      skip={"importance_order", "retain_test_order", "split_draw", "loader_batch"})
     return p.parse_args(argv)
 
 
@@ -331,9 +349,8 @@ def train_model(args, epochs, state, ctx):
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     steps = len(train_dl)
-    onecycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=epochs, steps_per_epoch=steps,
-                                                   anneal_strategy="cos")
-    sched = Warmup(opt, onecycle, args.warm * steps)
+    reference = args.recipe == "reference"
+    onecycle, sched = lr_schedule(opt, args, epochs, steps)
 
     if state is None:
         start, best_acc, best_path = 1, -1.0, None
@@ -370,7 +387,8 @@ def train_model(args, epochs, state, ctx):
             loss = train_epoch(net, train_dl, opt, device, sched, desc=f"epoch {epoch}/{epochs}", progress=ctx.main,
                                all_finite=ctx.all_finite if ctx.world > 1 else None)
         except FloatingPointError as e:
-            raise UserError(f"training diverged: {e}; try a smaller -lr") from None
+            hint = "-recipe corrected with a smaller -lr (the reference recipe's peak is 0.1)" if reference else "a smaller -lr"
+            raise UserError(f"training diverged: {e}; try {hint}") from None
         loss = ctx.mean(loss, len(sampler))
         if ctx.main:
             acc = metrics.evaluate(model, test_dl, device)["AccExact"]

@@ -5,6 +5,7 @@ Each keeps the model object and trains it in place as the student; teachers are 
 """
 import copy
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -43,9 +44,18 @@ BLINDSPOT_OVERRIDES = Overrides((
 
 
 def incompetent_teacher(data, hp):
-    """The reference builds the bad teacher as a fresh instance of its model class; its ViT
-    class loads the ImageNet-pretrained trunk in its constructor, so only the head is random."""
-    if hp.teacher == "reference" and data.net == "ViT":
+    """The reference builds the bad teacher as a fresh instance of its model class, the second
+    model it initialises after seeding the default generator with -seed (the first is the net
+    its weights are loaded into); ``reference`` draws it the same way, on a forked generator so
+    that nothing after it changes. Its ViT class loads the ImageNet-pretrained trunk in its
+    constructor, so only the head is random. ``random`` draws a fresh model from the current state."""
+    if hp.teacher == "random":
+        return data.build_fresh()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(data.seed)
+        data.build_fresh()
+        if data.net != "ViT":
+            return data.build_fresh()
         from models import ViT
 
         try:
@@ -54,7 +64,6 @@ def incompetent_teacher(data, hp):
             raise UserError(f"blindspot: cannot load the ViT trunk {hp.vit_weights!r} of the reference's incompetent "
                             f"teacher offline ({str(e).splitlines()[0]}); give a local directory with -bt_vit_weights, "
                             f"or use -bt_teacher random") from None
-    return data.build_fresh()
 
 
 @dataclass(frozen=True)
@@ -76,11 +85,13 @@ class ScrubHP:
     weight_decay: float = hparam(5e-4, "SCRUB SGD weight decay", "scrub_wd", NON_NEGATIVE)
     alpha: float = hparam(1.0, "SCRUB weight of the retain KL", "scrub_alpha", NON_NEGATIVE)
     gamma: float = hparam(5.0, "SCRUB weight of the retain cross-entropy", "scrub_gamma", NON_NEGATIVE)
+    clip: Optional[float] = hparam(None, "SCRUB: clip the student's gradient norm to this before every max- and "
+                                   "min-step (none: no clipping, as the SCRUB paper)", "scrub_clip", POSITIVE)
 
 
 # The reference's full-class main never passes its α = 1, γ = 5 on, so its full-class SCRUB ran
-# with the SCRUB function's own defaults.
-SCRUB_OVERRIDES = Overrides(((dict(recipe="reference", setting="fullclass"), dict(alpha=0.001, gamma=0.99)),))
+# with the SCRUB function's own defaults; its full-class SCRUB alone clips the gradient norm to 1.
+SCRUB_OVERRIDES = Overrides(((dict(recipe="reference", setting="fullclass"), dict(alpha=0.001, gamma=0.99, clip=1.0)),))
 
 
 def _loader_like(loader, dataset, batch, shuffle):
@@ -152,7 +163,7 @@ def blindspot(model, data, hp, device):
     Objective: KL(teacher softmax ‖ student softmax) at T = 1, each sample matched to its teacher.
     Data: all of forget_train plus a random 30% of retain_train (seeded by -seed), shuffled, batch 256 (128 for ViT).
     Adam lr 1e-4, 1 epoch; the student in train mode, both teachers frozen in eval mode.
-    The incompetent teacher (``incompetent_teacher``) is built before anything else draws random numbers.
+    The incompetent teacher: see ``incompetent_teacher``.
     KL is the per-sample sum over classes, mean over the batch (the reference averages over classes too, a 1/C
     scale that Adam cancels).
     """
@@ -231,31 +242,36 @@ def scrub_pair(model):
     return model, freeze(copy.deepcopy(model))
 
 
-def scrub_max_epoch(student, teacher, loader, opt, temperature, device):
-    """One pass of max-steps: ascend T²·KL(teacher ‖ student) on the forget samples."""
+def _step(student, opt, loss, clip):
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
+    opt.step()
+
+
+def scrub_max_epoch(student, teacher, loader, opt, temperature, device, clip=None):
+    """One pass of max-steps: ascend T²·KL(teacher ‖ student) on the forget samples, the
+    student's gradient norm clipped to ``clip`` (None: unclipped)."""
     student.train()
     for x, _, _ in progress_bar(loader, "scrub max"):
         x = x.to(device, non_blocking=True)
         with torch.no_grad():
             t = teacher(x)
-        loss = -distill_kl(student(x), t, temperature) * temperature ** 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _step(student, opt, -distill_kl(student(x), t, temperature) * temperature ** 2, clip)
 
 
-def scrub_min_epoch(student, teacher, loader, opt, temperature, alpha, gamma, device):
-    """One pass of min-steps on the retain samples: γ·CE + α·T²·KL(teacher ‖ student)."""
+def scrub_min_epoch(student, teacher, loader, opt, temperature, alpha, gamma, device, clip=None):
+    """One pass of min-steps on the retain samples: γ·CE + α·T²·KL(teacher ‖ student), the
+    student's gradient norm clipped to ``clip`` (None: unclipped)."""
     student.train()
     for x, _, y in progress_bar(loader, "scrub min"):
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
         with torch.no_grad():
             t = teacher(x)
         s = student(x)
-        loss = gamma * F.cross_entropy(s, y) + alpha * distill_kl(s, t, temperature) * temperature ** 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _step(student, opt, gamma * F.cross_entropy(s, y) + alpha * distill_kl(s, t, temperature) * temperature ** 2,
+              clip)
 
 
 @register("scrub", hparams=ScrubHP, overrides=SCRUB_OVERRIDES)
@@ -265,17 +281,18 @@ def scrub(model, data, hp, device):
     Per epoch: if epoch <= msteps (2), max-steps on forget_train: maximise T²·KL(teacher ‖ student);
     then min-steps on retain_train: γ·CE + α·T²·KL(teacher ‖ student), T = 4, α = 1, γ = 5; 3 epochs.
     One SGD optimiser (lr 5e-4, momentum 0.9, wd 5e-4) over the student's parameters serves both
-    phases; the teacher never changes (the reference builds its optimiser over another copy in some
-    versions, so there the student it scores never moves).
-    Loaders are the main's: forget_train unshuffled, retain_train shuffled, both batch -b.
-    The student trains in train mode, the teacher is in eval mode; no gradient clipping, no lr decay
-    (the reference's decay epochs lie beyond epoch 3).
+    phases (the reference's too: it holds the student it scores); the teacher never changes.
+    Loaders are the main's: forget_train unshuffled, retain_train shuffled.
+    The student trains in train mode, the teacher is in eval mode; no lr decay (the reference's
+    decay epochs lie beyond epoch 3). Gradient norm clipped to 1 in the reference's full-class
+    setting only (its full-class SCRUB clips, its sub-class and random ones do not); unclipped
+    under the corrected recipe, as the SCRUB paper.
     """
     student, teacher = scrub_pair(model)
     teacher.to(device)
     opt = torch.optim.SGD(student.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     for epoch in range(1, hp.epochs + 1):
         if epoch <= hp.msteps:
-            scrub_max_epoch(student, teacher, data.forget_train, opt, hp.temperature, device)
-        scrub_min_epoch(student, teacher, data.retain_train, opt, hp.temperature, hp.alpha, hp.gamma, device)
+            scrub_max_epoch(student, teacher, data.forget_train, opt, hp.temperature, device, hp.clip)
+        scrub_min_epoch(student, teacher, data.retain_train, opt, hp.temperature, hp.alpha, hp.gamma, device, hp.clip)
     return student

@@ -38,7 +38,7 @@ from utils import check_allocatable, progress_bar
 GKT_PRESETS = dict(
     reference=Overrides((
         ({}, dict(batch=128, n_gen=2, n_student=15, pseudo_batches=1000, opt="sgd", g_lr=0.01, s_lr=0.01, beta=5.0,
-                  student="conv_xavier", features="convs", gen_width=32)),
+                  student="conv_xavier", features="convs", gen_width=32, teacher_mode="train")),
         (dict(net="ViT"), dict(batch=8, n_gen=1, n_student=5, pseudo_batches=101)),  # its smaller ViT budget
     )),
     paper=Overrides((
@@ -82,6 +82,9 @@ class GktHP:
     clip: float = hparam(5.0, "gkt gradient-norm clip", "gkt_clip", POSITIVE)
     momentum: float = hparam(0.9, "gkt generator SGD momentum (sgd only; the student's OneCycle cycles its momentum "
                              "between 0.85 and 0.95)", "gkt_momentum", NON_NEGATIVE)
+    teacher_mode: str = hparam("eval", "gkt teacher mode: eval, or train (the reference never puts its teacher in eval "
+                               "mode: dropout stays active in the gate and the teacher's logits, drawn anew at every "
+                               "generator and student step)", "gkt_teacher_mode", choices=("eval", "train"))
     vit_forward: str = hparam("reference", "gkt with ViT: the reference's forward (every encoder layer applied to "
                               "the embedding output, so the last layer alone reaches the head, for teacher, student "
                               "and the evaluation) or the full forward", "gkt_vit_forward",
@@ -231,6 +234,8 @@ def _pseudo_batch(z, teacher, student, generator, taps, forget_label, cfg, opts)
     """One pseudo batch: ``n_gen`` generator steps maximising the student–teacher KL, then
     ``n_student`` student steps minimising KL + β·attention on the gated batch G(z). Returns
     False (nothing trained further) when the gate drops every sample."""
+    if cfg["teacher_mode"] == "train":
+        return _pseudo_batch_train_teacher(z, teacher, student, generator, taps, forget_label, cfg, opts)
     g_opt, s_opt, sched = opts
     t_taps, s_taps = taps
     temp = cfg["temperature"]
@@ -240,13 +245,9 @@ def _pseudo_batch(z, teacher, student, generator, taps, forget_label, cfg, opts)
         keep = gate(t_logits.detach(), forget_label, cfg["threshold"])
         if not keep.any():
             return False
-        loss = -kl_div(student(x[keep]), t_logits[keep], temp)
-        g_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(generator.parameters(), cfg["clip"])
-        g_opt.step()
-    # The generator is fixed during the student steps, so G(z) and the teacher's outputs are
-    # the same at each of them (the paper's code recomputes them every step).
+        _generator_step(-kl_div(student(x[keep]), t_logits[keep], temp), generator, g_opt, cfg)
+    # The generator is fixed during the student steps and the teacher is deterministic in eval
+    # mode, so G(z), the gate and the teacher's outputs are the same at each of them.
     with torch.no_grad():
         x = generator(z)
         t_logits, t_feats = t_taps(x)
@@ -255,29 +256,69 @@ def _pseudo_batch(z, teacher, student, generator, taps, forget_label, cfg, opts)
             return False
         x, t_logits, t_feats = x[keep], t_logits[keep], [f[keep] for f in t_feats]
     for _ in range(cfg["n_student"]):
-        s_logits, s_feats = s_taps(x)
-        loss = kl_div(s_logits, t_logits, temp)
-        if cfg["beta"] > 0:
-            loss = loss + cfg["beta"] * attention_loss(s_feats, t_feats)
-        s_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(student.parameters(), cfg["clip"])
-        s_opt.step()
-        if sched is not None:
-            sched.step()
+        _student_step(s_taps(x), t_logits, t_feats, student, s_opt, sched, cfg)
     return True
+
+
+def _pseudo_batch_train_teacher(z, teacher, student, generator, taps, forget_label, cfg, opts):
+    """``_pseudo_batch`` with the teacher in train mode, in the reference's order of forwards:
+    every step gates on a teacher forward of its own, then (generator step) runs the student and
+    the teacher again, or (student step) the teacher again and then the student, so each of
+    these forwards draws its own dropout masks."""
+    g_opt, s_opt, sched = opts
+    t_taps, s_taps = taps
+    temp = cfg["temperature"]
+    for _ in range(cfg["n_gen"]):
+        x = generator(z)
+        with torch.no_grad():
+            keep = gate(teacher(x), forget_label, cfg["threshold"])
+        if not keep.any():
+            return False
+        x = x[keep]
+        s_logits = student(x)
+        _generator_step(-kl_div(s_logits, teacher(x), temp), generator, g_opt, cfg)
+    with torch.no_grad():
+        x = generator(z)
+    for _ in range(cfg["n_student"]):
+        with torch.no_grad():
+            keep = gate(teacher(x), forget_label, cfg["threshold"])
+            if not keep.any():
+                return False
+            t_logits, t_feats = t_taps(x[keep])
+        _student_step(s_taps(x[keep]), t_logits, t_feats, student, s_opt, sched, cfg)
+    return True
+
+
+def _generator_step(loss, generator, g_opt, cfg):
+    g_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(generator.parameters(), cfg["clip"])
+    g_opt.step()
+
+
+def _student_step(student_out, t_logits, t_feats, student, s_opt, sched, cfg):
+    s_logits, s_feats = student_out
+    loss = kl_div(s_logits, t_logits, cfg["temperature"])
+    if cfg["beta"] > 0:
+        loss = loss + cfg["beta"] * attention_loss(s_feats, t_feats)
+    s_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(student.parameters(), cfg["clip"])
+    s_opt.step()
+    if sched is not None:
+        sched.step()
 
 
 def distill(teacher, student, generator, forget_label, cfg, names=(), progress=True):
     """Adversarial zero-shot distillation of ``teacher`` into ``student`` on the generator's
     gated pseudo data. It takes no data at all: the student only ever sees generator output.
-    The teacher is frozen and in eval mode; student and generator train. When the gate drops
+    The teacher is frozen, in the mode ``teacher_mode`` gives; student and generator train. When the gate drops
     GKT_MAX_EMPTY pseudo batches in a row it stops: with a warning if the student has trained,
     with a UserError if it never could. Returns the student."""
     device = next(generator.parameters()).device
     opts = _optimisers(student, generator, cfg)
     teacher_mode, grad_flags = teacher.training, [p.requires_grad for p in teacher.parameters()]
-    teacher.eval().requires_grad_(False)
+    teacher.train(cfg["teacher_mode"] == "train").requires_grad_(False)
     student.train()
     generator.train()
     taps = (_Taps(teacher, names), _Taps(student, names))
@@ -346,8 +387,9 @@ def gkt(model, data, hp, device):
 
     - A generator maps z ~ N(0, I), dim 128, to images of the model's input shape (read from
       the first forget sample: the only use of forget data).
-    - Gate: pseudo samples the teacher (the trained model, frozen, eval mode) gives the forget
-      class a probability > 0.01 are dropped.
+    - Gate: pseudo samples the teacher (the trained model, frozen) gives the forget class a
+      probability > 0.01 are dropped. The teacher runs in eval mode, or under the reference
+      variant in train mode (dropout active, redrawn at every step), as the reference leaves it.
     - Per pseudo batch: generator step(s) maximising KL(teacher ‖ student), then student steps
       minimising KL (temperature 1, 'mean' over all elements) + β·attention transfer on the
       feature maps picked by ``feature_names``; gradient norms clipped to 5.

@@ -27,16 +27,19 @@ class LearntNoiseHP:
     penalty on their squared norm), then trained on in ``noise_repeats`` copies. Each of these
     flags serves both methods (a run runs one of them)."""
     noise_lr: float = hparam(0.1, "UNSIR and emmn: Adam learning rate of the learnt noise", "noise_lr", POSITIVE)
-    l2: float = hparam(0.1, "UNSIR and emmn: weight l2 of the error-maximising noise's penalty "
-                       "l2·mean_b ‖noise_b‖²", "noise_l2", NON_NEGATIVE)
+    l2: float = hparam(0.1, "UNSIR and emmn: weight l2 of the error-maximising noise's penalty l2·mean_b ‖noise_b‖²",
+                       "noise_l2", NON_NEGATIVE)
     noise_repeats: int = hparam(80, "UNSIR and emmn: copies of the learnt noise trained on", "noise_repeats",
                                 AT_LEAST_ONE)
     images: str = hparam("reference", "UNSIR and emmn: train on the first C images of each learnt noise batch, C = "
                          "channels (reference: its indexing defect keeps 3 images) or on the whole batch (full, as the "
                          "papers)", "noise_images", choices=NOISE_IMAGES)
+    retain_test_batch: str = hparam("noise", "UNSIR and emmn: batches of RetainTestAcc's mean-of-batch accuracy: the "
+                                    "noise batch (the reference re-binds its retained-test loader to it) or -b",
+                                    "noise_retain_test_batch", choices=("noise", "b"))
 
 
-LEARNT_NOISE_ROWS = ((dict(recipe="corrected"), dict(images="full")),)
+LEARNT_NOISE_ROWS = ((dict(recipe="corrected"), dict(images="full", retain_test_batch="b")),)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,15 @@ class EmmnHP(LearntNoiseHP):
 
 
 EMMN_OVERRIDES = Overrides(LEARNT_NOISE_ROWS)
+
+
+def retain_test_batch(hp):
+    """The batch RetainTestAcc is scored in after a learnt-noise method (None: -b). The
+    reference's UNSIR and emmn re-bind the retained-test loader to their noise batch (32 and 4)
+    before scoring, and a mean of per-batch accuracies depends on the batch."""
+    if isinstance(hp, LearntNoiseHP) and hp.retain_test_batch == "noise":
+        return hp.noise_batch
+    return None
 
 
 # ---- data helpers ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ class RetrainHP:
     schedule warms up over epochs 0 and 1 (lr·i/T in epoch 0, rising to about 2·lr in epoch 1,
     T batches per epoch) and applies the milestones from epoch 2; the corrected one warms up
     linearly over the first ``warm_epochs`` epochs, then applies the milestones."""
-    epochs: int = hparam(200, "retrain epochs", "epochs", AT_LEAST_ONE)
+    epochs: int = hparam(200, "retrain epochs", "retrain_epochs", AT_LEAST_ONE)
     milestones: tuple = hparam((60, 120, 160), "retrain epochs at which the learning rate is multiplied by gamma",
                                "retrain_milestones")
     lr: float = hparam(0.01, "retrain SGD learning rate", "retrain_lr", POSITIVE)
@@ -23,9 +23,9 @@ class RetrainHP:
     weight_decay: float = hparam(5e-4, "retrain SGD weight decay", "retrain_wd", NON_NEGATIVE)
     gamma: float = hparam(0.2, "retrain learning-rate decay at each milestone", "retrain_gamma", POSITIVE)
     warm_epochs: int = hparam(1, "retrain warm-up epochs (warmup schedule only)", "retrain_warm", NON_NEGATIVE)
-    schedule: str = hparam("reference", "retrain learning-rate schedule: the reference's (its WarmUpLR stepped "
-                           "through epochs 0 and 1, then MultiStepLR.step(epoch)) or warmup (linear warm-up, then the "
-                           "milestones)", "retrain_schedule", choices=("reference", "warmup"))
+    schedule: str = hparam("reference", "retrain learning-rate schedule: the reference's (its WarmUpLR stepped through "
+                           "epochs 0 and 1, then MultiStepLR.step(epoch)) or warmup (linear warm-up, then the milestones)",
+                           "retrain_schedule", choices=("reference", "warmup"))
 
 
 # The reference's schedules per data set and net. The Digits rows are this project's CPU budget,

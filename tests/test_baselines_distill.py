@@ -163,7 +163,7 @@ def test_blindspot_incompetent_teacher_is_a_fresh_frozen_model():
     data, built = make_data()
     model = trained_net()
     torch.manual_seed(5)
-    bd.blindspot(model, data, hp_for("blindspot", data), torch.device("cpu"))
+    bd.blindspot(model, data, hp_for("blindspot", data, recipe="corrected"), torch.device("cpu"))
     teacher, = built
     torch.manual_seed(5)
     fresh = params(data.build_fresh())
@@ -176,7 +176,7 @@ def test_blindspot_moves_the_student_toward_the_incompetent_teacher_on_forget_sa
     data, built = make_data()
     model = trained_net()
     original = copy.deepcopy(model)
-    bd.blindspot(model, data, hp_for("blindspot", data, bt_epochs=3), torch.device("cpu"))
+    bd.blindspot(model, data, hp_for("blindspot", data, recipe="corrected", bt_epochs=3), torch.device("cpu"))
     bad, = built
     assert forget_kl(bad, model, data.forget_train) < forget_kl(bad, original, data.forget_train)
 

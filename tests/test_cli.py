@@ -65,7 +65,7 @@ def full_runs(smallcnn_ckpt, tmp_path_factory):
     }
     inprocess_plan = {
         "jit": full_cmd(smallcnn_ckpt, d / "jit.jsonl", "lipschitz_forgetting"),
-        "retrain": full_cmd(smallcnn_ckpt, d / "retrain.jsonl", "retrain", "-epochs", "1"),
+        "retrain": full_cmd(smallcnn_ckpt, d / "retrain.jsonl", "retrain", "-retrain_epochs", "1"),
         "jit_small_again": full_cmd(smallcnn_ckpt, d / "jit_small_again.jsonl", "lipschitz_forgetting", *small),
         "skip_first": full_cmd(smallcnn_ckpt, d / "skip.jsonl", "baseline", "-skip_existing"),
         "skip_second": full_cmd(smallcnn_ckpt, d / "skip.jsonl", "baseline", "-skip_existing"),

@@ -74,7 +74,7 @@ def _full(weights, results, method, *extra):
 def test_runs_compare_with_the_saved_retrained_model(smallcnn_ckpt, tmp_path):
     results, gold = str(tmp_path / "r.jsonl"), str(tmp_path / "gold")
     common = ("-retrain_dir", gold, "-relearn_max_steps", "0")
-    assert run_inprocess(_full(smallcnn_ckpt, results, "retrain", "-epochs", "1", *common)).returncode == 0
+    assert run_inprocess(_full(smallcnn_ckpt, results, "retrain", "-retrain_epochs", "1", *common)).returncode == 0
     assert run_inprocess(_full(smallcnn_ckpt, results, "baseline", *common)).returncode == 0
     retrain, base = [json.loads(line) for line in open(results)]
     assert retrain["RetrainCheckpoint"].startswith(gold)

@@ -168,7 +168,7 @@ def test_retrain_steps_at_the_reference_rates(monkeypatch):
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
     hp = hparams.resolve(rt.RetrainHP, rt.RETRAIN_OVERRIDES, dict(recipe="reference"),
-                         dict(epochs=5, retrain_milestones=(3, 4)))
+                         dict(retrain_epochs=5, retrain_milestones=(3, 4)))
     rt.train_on_retain(net, Data, hp, torch.device("cpu"), "t")
     got = list(seen)
     monkeypatch.undo()
@@ -634,7 +634,7 @@ def test_blindspot_reference_teacher_for_vit_is_the_pretrained_trunk_with_a_rand
     trunk.save_pretrained(tmp_path / "trunk")
 
     class Data:
-        net, num_classes, dataset, setting = "ViT", 3, "Cifar10", "fullclass"
+        net, num_classes, dataset, setting, seed = "ViT", 3, "Cifar10", "fullclass", 0
 
         @staticmethod
         def build_fresh():

@@ -43,13 +43,23 @@ def test_the_jit_table_is_jits_alone():
     assert set(full.TASK.tables) == {"lipschitz_forgetting"}
 
 
+@pytest.mark.parametrize("method, where", [("finetune", "finetune takes -finetune_epochs"),
+                                           ("retrain", "retrain takes -retrain_epochs"),
+                                           ("scrub", "scrub takes -scrub_epochs"),
+                                           ("baseline", "baseline has no epochs to set")])
+def test_epochs_is_unused_and_the_warning_names_the_methods_own_epochs_flag(capsys, method, where):
+    flags.warn_inapplicable(_args(full, "-method", method, "-epochs", "1"))
+    assert capsys.readouterr().err == ("warning: -epochs is accepted for parity with the reference and unused, "
+                                       f"as there; {where}\n")
+
+
 def test_each_mains_help_shows_its_own_jit_values():
     text = " ".join(flags.parser_for(sub.TASK).format_help().split())
     assert "default 0.01 (every run); 1.5 (net ViT)" in text
 
 
 @pytest.mark.parametrize("argv, flag, owners", [
-    (["-method", "finetune", "-epochs", "1"], "-epochs", "retrain, retrain_full"),
+    (["-method", "finetune", "-retrain_epochs", "1"], "-retrain_epochs", "retrain, retrain_full"),
     (["-method", "finetune", "-sigma", "0.5"], "-sigma", "lipschitz_forgetting"),
     (["-method", "baseline", "-gkt_batches", "5"], "-gkt_batches", "gkt"),
     (["-method", "UNSIR", "-emmn_batch", "2"], "-emmn_batch", "emmn"),
@@ -62,7 +72,7 @@ def test_a_flag_of_other_methods_is_named_in_a_warning(capsys, argv, flag, owner
 
 
 @pytest.mark.parametrize("argv", [
-    ["-method", "retrain", "-epochs", "1"], ["-method", "finetune", "-finetune_epochs", "1"],
+    ["-method", "retrain", "-retrain_epochs", "1"], ["-method", "finetune", "-finetune_epochs", "1"],
     ["-method", "lipschitz_forgetting", "-sigma", "0.5", "-jit_mode", "eval"],
     ["-method", "emmn", "-noise_lr", "0.2"], ["-method", "UNSIR", "-noise_lr", "0.2"],  # a shared field
     ["-method", "lfssd_tuning", "-ssd_alpha", "2"],  # a class shared by two methods

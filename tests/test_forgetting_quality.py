@@ -34,7 +34,7 @@ def call(argv, cwd):
 
 def base_argv(weights, k=6):
     return [str(a) for a in ("fullclass", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
-                             "-forget_class", "3", "-weight_path", weights, "-K", k, "-epochs", "1",
+                             "-forget_class", "3", "-weight_path", weights, "-K", k, "-retrain_epochs", "1",
                              "-data_root", REPO / "data", "-n_samples", "2")]
 
 
@@ -110,7 +110,7 @@ def test_cache_name_changes_with_everything_that_changes_a_retrain():
     name = path(argv)
     assert name == path(argv)
     variants = [path(argv, 1), path(argv, forget_class="4"), path(argv, setting="random")]
-    for flags in (["-epochs", "2"], ["-retrain_lr", "0.1"], ["-b", "64"], ["-seed", "1"], ["-recipe", "corrected"],
+    for flags in (["-retrain_epochs", "2"], ["-retrain_lr", "0.1"], ["-b", "64"], ["-seed", "1"], ["-recipe", "corrected"],
                   ["-split_draw", "own_generator"], ["-pins_split", "per_person"], ["-net", "SmallCNN"]):
         variants.append(path(argv + flags))
     variants.append(path(base_argv("b/other.pth")))

@@ -75,7 +75,7 @@ def test_the_core_hands_zero_shot_methods_no_retain_data(monkeypatch, smallcnn_c
 @pytest.mark.parametrize("method", ["finetune", "retrain_full", "lipschitz_forgetting"])
 def test_basic_method_end_to_end_in_every_main(smallcnn_ckpt, smallcnn5_ckpt, tmp_path, main, method):
     results = tmp_path / "r.jsonl"
-    cmd = [*MAINS[main](smallcnn_ckpt, smallcnn5_ckpt), "-net", "SmallCNN", "-method", method, "-epochs", "1",
+    cmd = [*MAINS[main](smallcnn_ckpt, smallcnn5_ckpt), "-net", "SmallCNN", "-method", method, "-retrain_epochs", "1",
            "-finetune_epochs", "1", "-n_samples", "3", "-results", str(results), "-retrain_dir", str(tmp_path), "-relearn_max_steps", "5"]
     proc = run_inprocess(cmd)
     assert proc.returncode == 0, proc.stderr[-2000:]

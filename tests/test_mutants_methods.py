@@ -130,7 +130,7 @@ def test_incompetent_teacher_for_vit_is_a_fresh_vit_with_the_runs_classes(monkey
         return "teacher"
 
     monkeypatch.setattr(models, "ViT", fake_vit)
-    data = types.SimpleNamespace(net="ViT", num_classes=7)
+    data = types.SimpleNamespace(net="ViT", num_classes=7, seed=0, build_fresh=lambda: None)
     hp = hp_for("blindspot", data, bt_vit_weights="/some/dir")
     assert bd.incompetent_teacher(data, hp) == "teacher"
     assert built == [(7, "/some/dir")]
@@ -331,7 +331,7 @@ def test_warmup_schedule_scales_each_step_as_documented():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.arange(8) % C
     data = retain_data(x, y, batch=4)
-    hp = hp_for("retrain", data, recipe="corrected", epochs=2, retrain_milestones=(1,), retrain_gamma=0.5,
+    hp = hp_for("retrain", data, recipe="corrected", retrain_epochs=2, retrain_milestones=(1,), retrain_gamma=0.5,
                 retrain_lr=0.1)
     assert (hp.schedule, hp.warm_epochs) == ("warmup", 1)
     model = mlp(seed=3)
@@ -354,7 +354,7 @@ def test_retrain_epochs_get_the_device_and_a_numbered_label(monkeypatch):
     monkeypatch.setattr(br, "train_epoch", lambda model, loader, opt, device, sched, desc="train": calls.append((device, desc)))
     data = retain_data(torch.zeros(4, 4, dtype=torch.float64), torch.arange(4) % C, batch=2)
     device = torch.device("cpu")
-    br.retrain(mlp(), data, hp_for("retrain", data, epochs=2), device)
+    br.retrain(mlp(), data, hp_for("retrain", data, retrain_epochs=2), device)
     assert calls == [(device, "retrain 1/2"), (device, "retrain 2/2")]
 
 
@@ -364,7 +364,7 @@ def test_retrain_that_diverges_names_the_method_and_epoch():
     x[0, 0] = float("nan")
     data = retain_data(x, torch.arange(4) % C, batch=2)
     with pytest.raises(FloatingPointError, match=r"^retrain 1/3: loss became nan$"):
-        br.retrain(mlp(), data, hp_for("retrain", data, epochs=3), CPU)
+        br.retrain(mlp(), data, hp_for("retrain", data, retrain_epochs=3), CPU)
 
 
 # ---- JiT's table ---------------------------------------------------------------------------------------

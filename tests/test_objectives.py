@@ -831,7 +831,7 @@ def test_retrain_full_step_is_sgd_on_the_retain_cross_entropy_from_the_fresh_wei
     set's schedule under -recipe corrected (the one-epoch warm-up is at factor 1 on its only step;
     the reference's schedule starts at lr 0, see test_fidelity)."""
     data, x, y, fresh = retain_data(batch=48)
-    hp = hp_for("retrain_full", data, recipe="corrected", epochs=1)
+    hp = hp_for("retrain_full", data, recipe="corrected", retrain_epochs=1)
     assert hp.lr == 0.05 and hp.warm_epochs == 1  # Digits' row of the schedule table
     expected = sgd_step(fresh, lambda m: literal_ce(m(x), y), hp.lr, hp.momentum, hp.weight_decay)
     model = retrain_full(mlp(12, FC, seed=1), data, hp, CPU)
@@ -844,7 +844,7 @@ def test_one_epoch_lowers_the_retain_cross_entropy(monkeypatch, method):
     clearly lower after the epoch than when the epoch began (for the retrains: after their
     re-initialisation)."""
     data, x, y, _ = retain_data(batch=4, n=96)
-    hp = hp_for(method.__name__, data, **{"finetune_epochs" if method is finetune else "epochs": 1})
+    hp = hp_for(method.__name__, data, **{"finetune_epochs" if method is finetune else "retrain_epochs": 1})
     real, ce = home(method).train_epoch, []
 
     def measured(model, *a, **k):

@@ -132,7 +132,7 @@ def test_one_command_one_seed_one_record(smallcnn_ckpt, tmp_path):
     times aside."""
     def cmd(results, seed):
         return ["forget_random_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
-                "-forget_perc", "0.05", "-method", "retrain_full", "-epochs", "1", "-weight_path", smallcnn_ckpt, "-seed", seed,
+                "-forget_perc", "0.05", "-method", "retrain_full", "-retrain_epochs", "1", "-weight_path", smallcnn_ckpt, "-seed", seed,
                 "-workers", "2", "-relearn_max_steps", "5", "-results", results, "-retrain_dir", tmp_path]
 
     names = ["a", "b", "other_seed"]
