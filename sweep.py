@@ -21,6 +21,7 @@ import sys
 import forget_full_class_main
 import forget_random_main
 import forget_sub_class_main
+import hparams
 from cli import Parser, UserError, run_cli
 from experiment import execute, prepare
 from flags import base_parser, resolve_jit
@@ -69,13 +70,25 @@ def find_point(records, setting, args):
                  and point_identity(r.get("setting"), r["args"]) == want), None)
 
 
+def find_retrain(records, exp, args):
+    """The retrain record in ``records`` that this sweep's points are compared with (report.py's
+    choice: the same setting, data set, net, forget target, seed, recipe and data pipeline), or
+    None."""
+    key = target_key(dict(setting=exp.setting, dataset=args.dataset, net=args.net, forget=exp.forget, seed=args.seed,
+                          recipe=args.recipe, pipeline=hparams.as_record(exp.pipe)))
+    return retrain_index(records).get(key)
+
+
+# -setting picks the task whose flags the rest of the command line holds: read first on its
+# own, then a parent of the whole parser, so that it is declared once and listed by -h.
+SETTING = Parser(add_help=False)
+SETTING.add_argument("-setting", default="fullclass", choices=list(TASKS), help="which forget_*_main.py task")
+
+
 def parse_args(argv):
-    pre = Parser(add_help=False)
-    pre.add_argument("-setting", default="fullclass", choices=list(TASKS))
-    known, _ = pre.parse_known_args(argv)
-    task = TASKS[known.setting]
-    p = base_parser(__doc__.splitlines()[0], batch_size=task.batch, with_method=False)
-    p.add_argument("-setting", default="fullclass", choices=list(TASKS), help="which forget_*_main.py task")
+    task = TASKS[SETTING.parse_known_args(argv)[0].setting]
+    base = base_parser(__doc__.splitlines()[0], batch_size=task.batch, with_method=False)
+    p = Parser(description=base.description, parents=[SETTING, base], add_help=False)
     task.add_args(p)
     p.add_argument("-sigmas", required=True, help="comma-separated σ values, each a finite number > 0")
     p.add_argument("-etas", required=True, help="comma-separated η values, each a finite number > 0")
@@ -170,8 +183,7 @@ def main(argv=None):
         return execute(exp, a)
 
     baseline = point(method="baseline")
-    key = target_key(dict(setting=setting, dataset=args.dataset, net=args.net, forget=exp.forget, seed=args.seed))
-    retrain = retrain_index(read_records(args.results)).get(key) or point(method="retrain_full")
+    retrain = find_retrain(read_records(args.results), exp, args) or point(method="retrain_full")
 
     # a switch left unset on the command line is the value JiT resolved for it (its default)
     given = tuple(getattr(args, s, None) if getattr(args, s, None) is not None else getattr(jit, s.split("_", 1)[1])
