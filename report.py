@@ -1,25 +1,37 @@
 """Summarise result records (JSON lines written by the forget_*_main.py scripts and sweep.py).
 
 python report.py results/results.jsonl [more.jsonl ...] [-out results/report]
-Prints a markdown table and writes OUT.md, OUT.csv and OUT.png (Dr vs Df per method, retrain
-marked). Rows: setting, data set, net and method (JiT runs also by σ, η and non-parity
-switches); values: mean ± std over every record in the row (seeds and forget targets).
+Prints a markdown table and writes OUT.md, OUT.csv and OUT.png (Dr vs Df per row, retrain
+marked). A row holds fixed everything that changes a result but the seed and the forget target:
+setting, data set, net, recipe, method (JiT's named by σ, η and non-parity switches) and, in a
+"variant" column shown when needed, any other result-changing flag that differs between rows
+of the same method; values: mean ± std over the row's records (its seeds and forget targets).
 Dr = RetainTestAcc, Df and accuracies in %, MIA a fraction, time = MethodTime in seconds.
-Δ columns: the run's value minus that of the retrain record (retrain_full preferred) with the
-same setting, data set, net, forget target and seed, averaged over the runs that have one.
+Δ columns: the run's value minus that of the retrain record (retrain_full preferred, the last
+one read) with the same setting, data set, net, forget target, seed, recipe and data pipeline,
+averaged over the runs that have one.
 Runs that diverged (non-finite weights or outputs) have no metrics: when there are any, a
 "diverged" column counts them per row, and the means are over the other runs. A null value
 in a record means "not a number" (or not measured) and is left out of the means, as are
 NaN/Infinity tokens in files written before records became strict JSON.
 Lines that are not records (not JSON, not an object, missing setting/dataset/net/method,
-non-numeric metrics) are skipped and counted; a binary file stops the report.
+non-numeric metrics) are skipped and counted; a binary file stops the report. A run recorded
+more than once (the same file given twice, a run appended again) counts once: the last
+record read of each run identity is kept.
+A method with more than SHOWN_ROWS rows for one setting, data set, net and recipe (a σ × η
+grid) is printed, in OUT.md as on screen, by the rows on its Dr–Df frontier (at most
+SHOWN_ROWS, evenly spread) and a line counting the others; OUT.csv holds every row, and the
+plot draws the method as one series naming only those rows.
 
 Forgetting-quality records (forgetting_quality.py, kind "forgetting_quality") get a table of
-their own, OUT-fq.md: per setting, data set, net, forget target, K and method, the newest
-record's F, final score, mean Dr/Test of the unlearned and of the retrained models and the
-median ε; and one plot per setting, OUT-eps-SETTING-DATASET-NET-TARGET-KK.png: the share of
-forget examples in each of the competition's ε buckets, per method (retrain_full: the
+their own, OUT-fq.md: per setting, data set, net, forget target, K, recipe, seed and variant
+(one call of forgetting_quality.py) and method, the newest record's F, final score, mean
+Dr/Test of the unlearned and of the retrained models and the median ε; and one plot per call,
+OUT-eps-SETTING-DATASET-NET-TARGET-KK[-RECIPE]-sSEED[-VARIANT].png: the share of forget
+examples in each of the competition's ε buckets, per method (retrain_full: the
 retrain-vs-retrain floor).
+
+Every output must be a regular file or a path that can be created, and none of the inputs.
 """
 import csv
 import hashlib
@@ -236,7 +248,7 @@ def retrain_index(records):
     """target_key -> the retrain record it is compared with: retrain_full preferred to retrain,
     the last one read of its kind, never a diverged one."""
     index = {}
-    records = usable(records)
+    records = usable([r for r in records if isinstance(r, dict) and r.get("method") in RETRAIN_METHODS])
     for name in reversed(RETRAIN_METHODS):
         for r in records:
             if r["method"] == name and not r.get("diverged"):
@@ -262,11 +274,12 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def summarise(records, with_means=False):
-    """The rows of the main table (with_means: and, per row, its mean Dr and Df or None)."""
+def summarise(records, with_means=False, grouped=None):
+    """The rows of the main table (with_means: and, per row, its mean Dr and Df or None);
+    ``grouped``: row_groups(records), when the caller has it."""
     gold = retrain_index(records)
     any_diverged = any(r.get("diverged") for r in records)
-    groups, texts = row_groups(records)
+    groups, texts = grouped or row_groups(records)
     with_variant = any(texts.values())
     rows, means = [], []
     for key, rs in groups.items():
@@ -279,10 +292,10 @@ def summarise(records, with_means=False):
             row["diverged"] = sum(bool(r.get("diverged")) for r in rs)
         for name, key_, spec in COLUMNS + EXTRA:
             row[name] = fmt([float(r[key_]) for r in rs if r.get(key_) is not None], spec)
+        retrains = [(r, gold.get(target_key(r))) for r in rs]
         for name, key_, spec in GAPS:
-            pairs = [(r, gold[target_key(r)]) for r in rs
-                     if target_key(r) in gold and r.get(key_) is not None and gold[target_key(r)].get(key_) is not None]
-            row[name] = fmt([float(r[key_]) - float(g[key_]) for r, g in pairs], spec)
+            row[name] = fmt([float(r[key_]) - float(g[key_]) for r, g in retrains
+                             if g is not None and r.get(key_) is not None and g.get(key_) is not None], spec)
         rows.append(row)
         means.append((_mean([float(r["RetainTestAcc"]) for r in rs if r.get("RetainTestAcc") is not None]),
                       _mean([float(r["Df"]) for r in rs if r.get("Df") is not None])))
@@ -350,20 +363,22 @@ def markdown(rows):
     return "\n".join(lines)
 
 
-def plot(records, path):
-    """One panel per (setting, data set, net): mean Dr against mean Df per row of the table,
-    one colour per method and recipe; a method with many rows (a σ × η grid) is one series
-    whose picked points alone are named."""
+def plot(records, path, grouped=None):
+    """One panel per (setting, data set, net): mean Dr against mean Df per row of the table
+    (``grouped``: row_groups(records), when the caller has it), one colour per method and
+    recipe; a method with many rows (a σ × η grid) is one series whose picked points alone are
+    named."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [r for r in records
-                if not r.get("diverged") and r.get("Df") is not None and r.get("RetainTestAcc") is not None]
-    groups, texts = row_groups(measured)
+    groups, texts = grouped or row_groups(records)
     panels = OrderedDict()
     for key, rs in groups.items():
+        rs = [r for r in rs if not r.get("diverged") and r.get("Df") is not None and r.get("RetainTestAcc") is not None]
+        if not rs:
+            continue
         setting, dataset, net, rec, method = key[:5]
         fam = (rec, "JiT" if method.startswith("JiT ") else method)
         name = method + (f" [{rec}]" if rec != "reference" else "") + (f" ({texts[key]})" if texts[key] else "")
@@ -415,14 +430,15 @@ def write_markdown(rows, path):
 
 def write(records, out):
     """OUT.md (the condensed table), OUT.csv (every row) and OUT.png; returns the condensed rows."""
-    rows, means = summarise(records, with_means=True)
+    grouped = row_groups(records)
+    rows, means = summarise(records, with_means=True, grouped=grouped)
     shown = condense(rows, means, out + ".csv")
     write_markdown(shown, out + ".md")
     with open(out + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    plot(records, out + ".png")
+    plot(records, out + ".png", grouped)
     return shown
 
 

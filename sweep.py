@@ -7,7 +7,8 @@ Data and model are loaded once and the weights restored before every point. Each
 ordinary record in -results, identified by its own flags (σ, η, the switches and every flag
 that changes a run), never by the sweep's -sigmas/-etas/-plot: points already recorded there
 are reused, so a sweep resumes and a widened grid runs only its new points. The baseline and
-a retrain (retrain_full, run once if -results holds none) are recorded too, and reused alike.
+a retrain (retrain_full, run once if -results holds none of the same forget target, seed,
+recipe and data pipeline) are recorded too, and reused alike.
 Writes the Dr–Df frontier plot to -plot and prints, per switch combination, the best Dr at
 which JiT reaches Df ≤ 2 × retrain's Df + 5 points.
 """
