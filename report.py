@@ -27,7 +27,7 @@ Forgetting-quality records (forgetting_quality.py, kind "forgetting_quality") ge
 their own, OUT-fq.md: per setting, data set, net, forget target, K, recipe, seed and variant
 (one call of forgetting_quality.py) and method, the newest record's F, final score, mean
 Dr/Test of the unlearned and of the retrained models and the median ε; and one plot per call,
-OUT-eps-SETTING-DATASET-NET-TARGET-KK[-RECIPE]-sSEED[-VARIANT].png: the share of forget
+OUT-eps-SETTING-DATASET-NET-TARGET-KK[-RECIPE][-sSEED][-VARIANT].png: the share of forget
 examples in each of the competition's ε buckets, per method (retrain_full: the
 retrain-vs-retrain floor).
 
@@ -492,7 +492,7 @@ def fq_rows(records):
 
 
 def fq_plot_paths(out, keys):
-    """{key: OUT-eps-SETTING-DATASET-NET-TARGET-KK[-RECIPE]-sSEED[-VARIANT].png}, one file per
+    """{key: OUT-eps-SETTING-DATASET-NET-TARGET-KK[-RECIPE][-sSEED][-VARIANT].png}, one file per
     key: a variant is named by a hash of its flags, and names that come out the same (after
     unsafe characters become _) are numbered."""
     def safe(part):
@@ -502,7 +502,7 @@ def fq_plot_paths(out, keys):
     for key in keys:
         setting, dataset, net, forget, k, rec, seed, var = key
         name = "-".join(safe(p) for p in (setting, dataset, net, forget)) + f"-K{safe(k)}"
-        name += ("" if rec == "reference" else f"-{safe(rec)}") + f"-s{safe(seed)}"
+        name += ("" if rec == "reference" else f"-{safe(rec)}") + ("" if seed is None else f"-s{safe(seed)}")
         if var:
             name += "-" + hashlib.sha1(repr(var).encode()).hexdigest()[:8]
         path, n = f"{out}-eps-{name}.png", 1
