@@ -20,8 +20,11 @@ from cli import UserError
 from hparams import RECIPES
 from utils import check_writable
 
-# Flags that do not change what a run computes; every other flag is part of its identity.
-NOT_IDENTITY = {"results", "wandb", "workers", "skip_existing", "gpu", "data_root", "retrain_dir"}
+# Flags that say where and how a run is carried out, never what it computes (forgetting_quality.py's
+# methods list, cache folder and slots included: one method's score does not change with them);
+# every other flag is part of a run's identity.
+NOT_IDENTITY = {"results", "wandb", "workers", "skip_existing", "gpu", "data_root", "retrain_dir",
+                "methods", "fq_cache", "slots", "retrain_only"}
 
 # The flags that decide which images a run forgets and retains, and what it is compared with:
 # runs that agree on all of them (and on the setting) form one target. They are compared with one

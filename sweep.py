@@ -7,7 +7,8 @@ Data and model are loaded once and the weights restored before every point. Each
 ordinary record in -results, identified by its own flags (σ, η, the switches and every flag
 that changes a run), never by the sweep's -sigmas/-etas/-plot: points already recorded there
 are reused, so a sweep resumes and a widened grid runs only its new points. The baseline and
-a retrain (retrain_full, run once if -results holds none) are recorded too, and reused alike.
+a retrain (retrain_full, run once if -results holds none of the same forget target, seed,
+recipe and data pipeline) are recorded too, and reused alike.
 Writes the Dr–Df frontier plot to -plot and prints, per switch combination, the best Dr at
 which JiT reaches Df ≤ 2 × retrain's Df + 5 points.
 """
@@ -21,6 +22,7 @@ import sys
 import forget_full_class_main
 import forget_random_main
 import forget_sub_class_main
+import hparams
 from cli import Parser, UserError, run_cli
 from experiment import execute, prepare
 from flags import base_parser, resolve_method
@@ -69,13 +71,25 @@ def find_point(records, setting, args):
                  and point_identity(r.get("setting"), r["args"]) == want), None)
 
 
+def find_retrain(records, exp, args):
+    """The retrain record in ``records`` that this sweep's points are compared with (report.py's
+    choice: the same setting, data set, net, forget target, seed, recipe and data pipeline), or
+    None."""
+    key = target_key(dict(setting=exp.setting, dataset=args.dataset, net=args.net, forget=exp.forget, seed=args.seed,
+                          recipe=args.recipe, pipeline=hparams.as_record(exp.pipe)))
+    return retrain_index(records).get(key)
+
+
+# -setting picks the task whose flags the rest of the command line holds: read first on its
+# own, then a parent of the whole parser, so that it is declared once and listed by -h.
+SETTING = Parser(add_help=False)
+SETTING.add_argument("-setting", default="fullclass", choices=list(TASKS), help="which forget_*_main.py task")
+
+
 def parse_args(argv):
-    pre = Parser(add_help=False)
-    pre.add_argument("-setting", default="fullclass", choices=list(TASKS))
-    known, _ = pre.parse_known_args(argv)
-    task = TASKS[known.setting]
-    p = base_parser(__doc__.splitlines()[0], task, with_method=False)
-    p.add_argument("-setting", default="fullclass", choices=list(TASKS), help="which forget_*_main.py task")
+    task = TASKS[SETTING.parse_known_args(argv)[0].setting]
+    base = base_parser(__doc__.splitlines()[0], task, with_method=False)
+    p = Parser(description=base.description, parents=[SETTING, base], add_help=False)
     task.add_args(p)
     p.add_argument("-sigmas", required=True, help="comma-separated σ values, each a finite number > 0")
     p.add_argument("-etas", required=True, help="comma-separated η values, each a finite number > 0")
@@ -170,8 +184,7 @@ def main(argv=None):
         return execute(exp, a, resolve_method(a, task))
 
     baseline = point(method="baseline")
-    key = target_key(dict(setting=setting, dataset=args.dataset, net=args.net, forget=exp.forget, seed=args.seed))
-    retrain = retrain_index(read_records(args.results)).get(key) or point(method="retrain_full")
+    retrain = find_retrain(read_records(args.results), exp, args) or point(method="retrain_full")
 
     # a switch left unset on the command line is the value JiT resolved for it (its default)
     given = tuple(getattr(args, s, None) if getattr(args, s, None) is not None else getattr(jit, s.split("_", 1)[1])

@@ -1,5 +1,6 @@
 """Metrics beyond the reference (JS divergence, activation distance, attack AUC / TPR at 1%
 FPR), the retrain comparison and relearn time in records, and sweep.py on Digits."""
+import dataclasses
 import json
 import math
 
@@ -10,6 +11,7 @@ from helpers import literal_js, run_inprocess
 
 import metrics
 import sweep
+from datasets import DataHP
 
 P = [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [1.0, 0.0, 0.0]]
 Q = [[0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.0, 1.0, 0.0]]
@@ -89,8 +91,11 @@ def test_relearn_steps_are_zero_for_the_unchanged_model(smallcnn_ckpt, tmp_path)
     assert json.loads(open(results).read())["RelearnSteps"] == 0
 
 
+# the retrain a sweep of the default recipe on Digits compares with: its forget target, seed,
+# recipe and data pipeline
 RETRAIN_RECORD = json.dumps(dict(setting="fullclass", dataset="Digits", net="SmallCNN", method="retrain_full",
-                                 forget="3", seed=0, RetainTestAcc=90.0, Df=0.0)) + "\n"
+                                 forget="3", seed=0, recipe="reference", pipeline=dataclasses.asdict(DataHP()),
+                                 RetainTestAcc=90.0, Df=0.0)) + "\n"
 
 
 def test_sweep_records_every_point_and_writes_the_plot(smallcnn_ckpt, tmp_path, capsys):

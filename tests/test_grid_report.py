@@ -37,7 +37,7 @@ def test_report_cli_prints_a_markdown_table(tmp_path):
     proc = subprocess.run(["python", str(REPO / "report.py"), str(path)], capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0
-    assert lines[0].startswith("| setting | dataset | net | method | n | Dr | Df | MIA")
+    assert lines[0].startswith("| setting | dataset | net | recipe | method | n | Dr | Df | MIA")
     assert len(lines) == 5 and lines[-1].startswith("report: ")
     for ext in (".md", ".csv", ".png"):
         assert (tmp_path / f"r-report{ext}").stat().st_size > 0

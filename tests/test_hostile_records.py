@@ -358,7 +358,7 @@ def test_cli_gives_one_line_for_a_worker_wrapped_user_error():
 
 
 def test_report_disk_full_while_writing_is_one_line(tmp_path, monkeypatch):
-    def full(records, path):
+    def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(report, "plot", full)

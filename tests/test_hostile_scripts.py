@@ -1,6 +1,7 @@
 """Hostile flags of sweep.py and pretrain_model.py: σ/η lists with holes or non-finite values, a
 widened grid (reuses what is recorded), out-of-range numbers, an existing -out, outputs that
 cannot be written, a -b that does not split under torchrun, and checkpoints with NaN/inf."""
+import dataclasses
 import errno
 import json
 import os
@@ -15,6 +16,7 @@ import pretrain_model
 import report
 import sweep
 from cli import UserError
+from datasets import DataHP
 from models import SmallCNN
 from utils import load_weights
 
@@ -113,7 +115,8 @@ def test_sweep_point_identity_ignores_the_grid_and_the_plot():
 def test_widening_the_grid_runs_only_the_new_points(smallcnn_ckpt, tmp_path):
     results = tmp_path / "s.jsonl"
     results.write_text(json.dumps(dict(setting="fullclass", dataset="Digits", net="SmallCNN", method="retrain_full",
-                                       forget="3", seed=0, RetainTestAcc=90.0, Df=0.0)) + "\n")
+                                       forget="3", seed=0, recipe="reference", pipeline=dataclasses.asdict(DataHP()),
+                                       RetainTestAcc=90.0, Df=0.0)) + "\n")
     first = run_inprocess(_sweep_cmd(tmp_path, smallcnn_ckpt))
     assert first.returncode == 0, describe(first)
     wider = _sweep_cmd(tmp_path, smallcnn_ckpt, sigmas="0.5,2", etas="0.001,0.01")

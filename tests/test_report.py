@@ -1,0 +1,242 @@
+"""report.py's choices, against planted records whose expected table is worked out by hand: which
+retrain a run's Δ columns are measured against, what a row holds fixed (recipe, the flags that
+change a result) and what it averages over (seeds, forget targets), one record per run whatever
+files are read, outputs that are not regular files, and a large σ × η grid condensed to its
+frontier in the table and the plot."""
+import json
+import os
+
+import pytest
+
+import report
+from cli import UserError
+
+PIPE = dict(importance_order="shuffled", retain_test_order="grouped", split_draw="after_two_models", pins_split="none")
+
+
+def rec(method, dr, df, mia=0.5, seed=0, forget="3", recipe="reference", pipeline=PIPE, **extra):
+    r = dict(setting="fullclass", dataset="Digits", net="SmallCNN", method=method, forget=forget, seed=seed,
+             recipe=recipe, pipeline=pipeline, RetainTestAcc=dr, Df=df, MIA=mia, TestAcc=dr, MethodTime=1.0)
+    r.update(extra)
+    return r
+
+
+def flagged(method, dr, df, seed=0, recipe="reference", **flags):
+    """A record carrying its flags, as the mains write them."""
+    args = dict(net="SmallCNN", dataset="Digits", method=method, seed=seed, recipe=recipe, forget_class="3",
+                classes=10, b=64, **flags)
+    return rec(method, dr, df, seed=seed, recipe=recipe, args=args)
+
+
+def row_of(rows, method, recipe="reference"):
+    (row,) = [r for r in rows if r["method"] == method and r["recipe"] == recipe]
+    return row
+
+
+# ---- which retrain the Δ columns are measured against ---------------------------------------
+
+def test_the_gaps_use_the_last_healthy_retrain_full_of_the_same_target_seed_recipe_and_pipeline():
+    run = rec("finetune", 80.0, 10.0, mia=0.30)
+    right = rec("retrain_full", 90.0, 2.0, mia=0.20)
+    planted = [
+        rec("retrain_full", 60.0, 1.0, mia=0.1),               # the same run recorded earlier: replaced
+        right,
+        rec("retrain", 70.0, 3.0, mia=0.4),                    # retrain_full is preferred to retrain
+        rec("retrain_full", 10.0, 50.0, mia=0.9, diverged=True),  # a diverged retrain is no retrain
+        rec("retrain_full", 50.0, 4.0, mia=0.6, seed=1),       # another seed
+        rec("retrain_full", 40.0, 5.0, mia=0.7, forget="4"),   # another forget target
+        rec("retrain_full", 30.0, 6.0, mia=0.8, recipe="corrected"),  # another recipe
+        rec("retrain_full", 20.0, 7.0, mia=0.05, pipeline=dict(PIPE, split_draw="own_generator")),  # another split
+    ]
+    row = row_of(report.summarise([run] + planted), "finetune")
+    # 80 - 90, 10 - 2, 0.30 - 0.20
+    assert (row["ΔDr"], row["ΔDf"], row["ΔMIA"]) == ("-10.00", "+8.00", "+0.100")
+
+
+def test_the_gaps_average_each_run_against_its_own_retrain():
+    runs = [rec("finetune", 80.0, 10.0, seed=0), rec("finetune", 70.0, 20.0, seed=1),
+            rec("finetune", 60.0, 30.0, seed=2)]  # seed 2 has no retrain: left out of the Δ columns
+    retrains = [rec("retrain_full", 90.0, 0.0, seed=0), rec("retrain_full", 76.0, 4.0, seed=1)]
+    row = row_of(report.summarise(runs + retrains), "finetune")
+    # ΔDr over seeds 0 and 1: -10 and -6 -> mean -8, sample std sqrt(8) = 2.83; ΔDf: +10 and +16
+    assert row["n"] == 3 and row["ΔDr"] == "-8.00 ± 2.83" and row["ΔDf"] == "+13.00 ± 4.24"
+    assert row["Dr"] == "70.00 ± 10.00"
+
+
+def test_a_run_without_a_matching_retrain_has_no_gap():
+    rows = report.summarise([rec("finetune", 80.0, 10.0, recipe="corrected"), rec("retrain_full", 90.0, 2.0)])
+    assert row_of(rows, "finetune", "corrected")["ΔDr"] == ""
+
+
+# ---- what a row holds fixed -------------------------------------------------------------------
+
+def test_recipes_are_rows_of_their_own_with_a_recipe_column():
+    rows = report.summarise([rec("scrub", 80.0, 5.0), rec("scrub", 60.0, 1.0, recipe="corrected"),
+                             rec("scrub", 70.0, 3.0, seed=1)])
+    assert row_of(rows, "scrub")["Dr"] == "75.00 ± 7.07" and row_of(rows, "scrub")["n"] == 2
+    assert row_of(rows, "scrub", "corrected")["Dr"] == "60.00"
+    assert list(rows[0])[:6] == ["setting", "dataset", "net", "recipe", "method", "n"]
+
+
+def test_records_that_differ_in_a_result_changing_flag_are_rows_of_their_own_named_by_it():
+    recs = [flagged("finetune", 80.0, 5.0, finetune_epochs=1), flagged("finetune", 70.0, 5.0, finetune_epochs=5),
+            flagged("finetune", 60.0, 5.0, seed=1, finetune_epochs=5),
+            flagged("finetune", 50.0, 5.0, finetune_epochs=1, results="elsewhere.jsonl", workers=4)]
+    rows = report.summarise(recs)
+    by_variant = {r["variant"]: r for r in rows}
+    # -results and -workers do not change a result: the last record joins the first's row
+    assert set(by_variant) == {"finetune_epochs=1", "finetune_epochs=5"}
+    assert by_variant["finetune_epochs=1"]["Dr"] == "65.00 ± 21.21" and by_variant["finetune_epochs=1"]["n"] == 2
+    assert by_variant["finetune_epochs=5"]["Dr"] == "65.00 ± 7.07" and by_variant["finetune_epochs=5"]["n"] == 2
+
+
+def test_a_variant_column_appears_only_when_some_row_needs_one():
+    rows = report.summarise([flagged("finetune", 80.0, 5.0), flagged("finetune", 70.0, 5.0, seed=1),
+                             flagged("baseline", 99.0, 99.0)])
+    assert "variant" not in rows[0] and [r["n"] for r in rows] == [2, 1]
+
+
+def test_jit_rows_are_named_by_sigma_eta_and_switches_not_a_variant():
+    a = flagged("lipschitz_forgetting", 80.0, 5.0, sigma=0.5, eta=0.01, jit_grad=None)
+    b = flagged("lipschitz_forgetting", 70.0, 4.0, sigma=0.5, eta=0.01, jit_grad="accumulate")
+    c = flagged("lipschitz_forgetting", 60.0, 3.0, sigma=2.0, eta=0.01, jit_grad="per_batch")
+    for r in (a, b, c):
+        r.update(sigma=r["args"]["sigma"], eta=r["args"]["eta"])
+    rows = report.summarise([a, b, c])
+    # an unset switch is the parity value: a and b share a row
+    assert [(r["method"], r["n"]) for r in rows] == [("JiT σ=0.5, η=0.01", 2), ("JiT σ=2, η=0.01, grad=per_batch", 1)]
+    assert "variant" not in rows[0]
+
+
+# ---- forgetting-quality table ------------------------------------------------------------------
+
+def fq(method, f, seed=0, recipe="reference", k=6, **flags):
+    args = dict(net="SmallCNN", dataset="Digits", seed=seed, recipe=recipe, forget_class="3", K=k, **flags)
+    return dict(kind=report.FQ_KIND, setting="fullclass", dataset="Digits", net="SmallCNN", forget="3", seed=seed,
+                K=k, method=method, F=f, FinalScore=f / 2, diverged=False, args=args)
+
+
+def test_the_forgetting_quality_table_keeps_recipes_and_seeds_apart_and_takes_the_newest_rerun(tmp_path):
+    recs = [fq("finetune", 0.25), fq("finetune", 0.5, recipe="corrected"), fq("finetune", 0.125, seed=1),
+            fq("finetune", 0.375, b=32), fq("finetune", 0.75)]  # the last: a rerun of the first
+    rows = report.fq_rows(report.deduplicate(recs))
+    got = sorted((r["recipe"], r["seed"], r.get("variant"), r["F"]) for r in rows)
+    assert got == [("corrected", 0, "", "0.500"), ("reference", 0, "b=32", "0.375"), ("reference", 0, "b=–", "0.750"),
+                   ("reference", 1, "", "0.125")]
+    groups = list(report.fq_groups(recs))
+    paths = report.fq_plot_paths(str(tmp_path / "rep"), groups)
+    assert len(set(paths.values())) == 4
+    # a plot's name depends on its own call alone, not on which other calls the files hold
+    assert report.fq_plot_paths(str(tmp_path / "rep"), groups[::-1]) == paths
+
+
+def test_forgetting_quality_plot_names_made_the_same_by_unsafe_characters_are_numbered():
+    key = ("fullclass", "Digits", "SmallCNN", "a/b", 6, "reference", 0, None)
+    paths = report.fq_plot_paths("rep", [key, key[:3] + ("a_b",) + key[4:]])
+    assert sorted(paths.values()) == ["rep-eps-fullclass-Digits-SmallCNN-a_b-K6-s0-2.png",
+                                      "rep-eps-fullclass-Digits-SmallCNN-a_b-K6-s0.png"]
+
+
+# ---- one record per run --------------------------------------------------------------------------
+
+def test_a_file_read_twice_counts_once(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (rec("finetune", 80.0, 5.0), rec("finetune", 70.0, 5.0, seed=1))))
+    report.main([str(path), str(path), "-out", str(tmp_path / "rep")])
+    captured = capsys.readouterr()
+    assert "| finetune | 2 | 75.00 ± 7.07 |" in captured.out
+    assert "dropped 2 duplicate record(s)" in captured.err
+
+
+def test_duplicates_are_found_by_run_identity_and_the_last_one_read_is_kept(capsys):
+    first = dict(flagged("finetune", 80.0, 5.0, results="a.jsonl"), time="t1")
+    again = dict(flagged("finetune", 82.0, 5.0, results="b.jsonl"), time="t2")  # the same run, written again
+    other_seed = flagged("finetune", 70.0, 5.0, seed=1)
+    fq_twin = dict(first, kind=report.FQ_KIND)  # another kind of record: another run
+    same_without_flags = [rec("baseline", 99.0, 99.0), rec("baseline", 99.0, 99.0), rec("baseline", 98.0, 99.0)]
+    kept = report.deduplicate([first, other_seed, again, fq_twin] + same_without_flags)
+    assert kept == [again, other_seed, fq_twin] + same_without_flags[1:]
+    assert "dropped 2 duplicate" in capsys.readouterr().err
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+
+def _results(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(rec("finetune", 80.0, 5.0)) + "\n")
+    return path
+
+
+def test_a_fifo_as_output_is_refused_before_any_work(tmp_path):
+    path = _results(tmp_path)
+    os.mkfifo(tmp_path / "rep.md")
+    # a reader holds the FIFO open, so that a report that wrote to it would not hang the test
+    reader = os.open(tmp_path / "rep.md", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(UserError, match=r"^-out .*rep\.md is a FIFO, not a regular file"):
+            report.main([str(path), "-out", str(tmp_path / "rep")])
+        assert os.read(reader, 100) == b"" and not (tmp_path / "rep.csv").exists()
+    finally:
+        os.close(reader)
+
+
+def test_a_device_as_output_is_refused(tmp_path):
+    path = _results(tmp_path)
+    os.symlink("/dev/null", tmp_path / "rep.png")
+    with pytest.raises(UserError, match=r"rep\.png is a device, not a regular file"):
+        report.main([str(path), "-out", str(tmp_path / "rep")])
+    assert not (tmp_path / "rep.md").exists()
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text(json.dumps(rec("finetune", 80.0, 5.0)) + "\n")
+    with pytest.raises(UserError, match="is one of the results files read"):
+        report.main([str(path), "-out", str(tmp_path / "r")])
+    assert json.loads(path.read_text())["method"] == "finetune"
+
+
+# ---- a large grid ---------------------------------------------------------------------------------
+
+def jit(sigma, eta, dr, df, seed=0):
+    return rec("lipschitz_forgetting", dr, df, seed=seed, sigma=sigma, eta=eta)
+
+
+def test_pick_keeps_a_short_list_and_the_frontier_of_a_long_one():
+    assert report.pick([(1.0, 1.0)] * 3, limit=3) == [0, 1, 2]
+    # (Dr, Df): 0 and 3 lie on the frontier; 1 is beaten by 0 (lower Dr at higher Df), 2 by 3
+    # (the same Df, lower Dr), 5 by 0 (the same Dr, higher Df); 4 has no metrics
+    points = [(90.0, 10.0), (80.0, 20.0), (50.0, 5.0), (60.0, 5.0), (None, None), (90.0, 15.0)]
+    assert report.pick(points, limit=5) == [0, 3]
+
+
+def test_pick_spreads_a_long_frontier_evenly_from_least_to_most_forgotten():
+    points = [(float(i), float(i)) for i in range(21)]  # every point on the frontier
+    assert report.pick(points, limit=5) == [0, 5, 10, 15, 20]
+
+
+def test_a_large_grid_prints_its_frontier_and_says_how_many_rows_the_csv_holds(tmp_path, capsys):
+    grid = [jit(s, e, dr=50.0 + s + e, df=s + 10 * e) for s in range(1, 5) for e in range(1, 5)]
+    # one point that beats every other on both counts, one that is beaten by it on both
+    grid += [jit(0.5, 0.5, dr=99.0, df=0.0), jit(0.25, 0.25, dr=1.0, df=99.0)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in grid + [rec("baseline", 99.0, 99.0)]))
+    report.main([str(path), "-out", str(tmp_path / "rep")])
+    out = capsys.readouterr().out
+    jit_lines = [line for line in out.splitlines() if "| JiT" in line]
+    assert jit_lines == [line for line in out.splitlines() if "σ=0.5, η=0.5" in line]
+    assert "… 17 more JiT rows (every row: " in out and "| baseline |" in out
+    with open(tmp_path / "rep.csv") as f:
+        assert sum(1 for _ in f) == 1 + 18 + 1
+
+
+def test_the_plot_of_a_large_grid_names_only_the_picked_points(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))
+    grid = [jit(s, e, dr=float(s), df=float(s)) for s in range(1, 31) for e in (0.1, 0.2)]
+    report.plot(grid + [rec("baseline", 99.0, 99.0), rec("retrain_full", 90.0, 0.0)], str(tmp_path / "p.png"))
+    (ax,) = figures[0].axes
+    names = sorted(t.get_text() for t in ax.texts)
+    assert len(names) == report.SHOWN_ROWS + 2 and "baseline" in names and "retrain_full" in names
+    assert "JiT σ=30, η=0.1" in names and "JiT σ=1, η=0.1" in names  # the frontier's two ends
+    assert ax.get_legend().get_texts()[0].get_text() == "JiT (60 rows)"
