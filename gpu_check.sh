@@ -50,6 +50,7 @@ else
     slots=$gpu$(printf ",$gpu%.0s" {1..9}) net=VGG16 vit=(ViT 500 100) only=""
 fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX") || exit 2
+export TMPDIR=$tmp  # the parts' own temporary files (torch's caches, ...) go with it
 child="" failed=0
 
 cleanup() {
