@@ -2,9 +2,11 @@
 data with randomly initialised VGG16 (32×32) and ViT-B/16 (224×224).
 
 python bench.py --device cuda [--amp]          # full sizes: 500 forget images, 60,000 evaluated
+python bench.py --device cuda --sizes check    # gpu_check.sh's: ViT evaluated on 5,000 images, no e2e
 python bench.py --device cpu --sizes small     # a small CPU machine
 python bench.py --device cpu --sizes smoke     # every figure once, as fast as it runs (the tests)
-Prints one JSON line per figure: seconds, images/s, peak GPU and host memory. Figures:
+Prints one JSON line per figure: seconds, images/s, seconds per image, peak GPU and host
+memory; the eval line also gives the seconds for 60,000 images at the measured rate. Figures:
 forward_limit (plain batched forward, no data loading), jit (JiT on the forget images, N=25,
 batch 128), eval (accuracy, MIA and ZRF over train + test through the real data path), e2e
 (JiT then evaluation, as a forget run does), mia_bs1 (the reference's one-image-at-a-time
@@ -31,6 +33,11 @@ from models import VGG16, ViT
 SIZES = {  # per net: forget images, N, train images, test images, batch-size-1 images, forward batches
     "full": {"VGG16": dict(forget=500, n=25, train=50000, test=10000, bs1=2000, fwd_batch=1024, fwd_iters=20),
              "ViT": dict(forget=500, n=25, train=50000, test=10000, bs1=200, fwd_batch=256, fwd_iters=5)},
+    # the GPU check's (gpu_check.sh): JiT at full size, the ViT evaluation on a twelfth of the
+    # images, without the e2e figure (JiT + evaluation again): sized for the check's 60 s fp32 budget
+    "check": {"VGG16": dict(forget=500, n=25, train=50000, test=10000, bs1=1000, fwd_batch=1024, fwd_iters=20,
+                            e2e=False),
+              "ViT": dict(forget=500, n=25, train=4000, test=1000, bs1=100, fwd_batch=256, fwd_iters=5, e2e=False)},
     "small": {"VGG16": dict(forget=32, n=4, train=900, test=100, bs1=100, fwd_batch=128, fwd_iters=2),
               "ViT": dict(forget=2, n=1, train=6, test=2, bs1=2, fwd_batch=2, fwd_iters=1)},
     # every figure once at the least size that runs its code (the test suite's smoke test)
@@ -66,7 +73,8 @@ def peak(device):
 
 def emit(figure, net, device, amp, images, seconds, **extra):
     line = dict(figure=figure, model=net, device=str(device), amp=amp, images=images,
-                seconds=round(seconds, 4), images_per_s=round(images / seconds, 1) if seconds > 0 else None)
+                seconds=round(seconds, 4), images_per_s=round(images / seconds, 1) if seconds > 0 else None,
+                seconds_per_image=float(f"{seconds / images:.4g}"))
     line.update(extra)
     line.update(peak(device))
     print(json.dumps(line), flush=True)
@@ -111,14 +119,16 @@ def bench_net(net, sizes, device, amp, workers):
         return scores
 
     t, _ = timed(lambda: evaluate(unlearned), device)
-    emit("eval", net, device, amp, len(train) + len(test), t, metrics="accuracy, MIA (+AUC), ZRF")
+    n_eval = len(train) + len(test)
+    emit("eval", net, device, amp, n_eval, t, metrics="accuracy, MIA (+AUC), ZRF",
+         seconds_for_60000=round(t / n_eval * 60000, 2))
 
-    t, _ = timed(lambda: evaluate(jit()), device)
-    emit("e2e", net, device, amp, s["forget"], t, note="JiT + full evaluation")
+    if s.get("e2e", True):
+        t, _ = timed(lambda: evaluate(jit()), device)
+        emit("e2e", net, device, amp, s["forget"], t, note="JiT + full evaluation")
 
     one = DataLoader(Subset(train, np.arange(s["bs1"])), batch_size=1, num_workers=workers)
     t, _ = timed(lambda: metrics.predict(model, one, device, amp), device)
-    n_eval = len(train) + len(test)
     emit("mia_bs1", net, device, amp, s["bs1"], t, extrapolated_seconds_for_eval=round(t / s["bs1"] * n_eval, 2),
          eval_images=n_eval)
 

@@ -76,7 +76,15 @@ SLOW_FIXTURES = {"checkpoints", "smallcnn_ckpt", "smallcnn5_ckpt", "torchrun_ckp
 SLOW_MODULES = {"test_bench"}
 
 
+# Tests marked gpu run on CUDA (the device path the CPU cannot show) and are skipped where
+# there is none, so the CPU suite is the same with or without them.
+NO_CUDA = pytest.mark.skip(reason="needs a CUDA GPU")
+
+
 def pytest_collection_modifyitems(config, items):
+    cuda = torch.cuda.is_available()
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        if not cuda and item.get_closest_marker("gpu"):
+            item.add_marker(NO_CUDA)

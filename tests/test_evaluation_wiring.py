@@ -48,7 +48,7 @@ class Planted(nn.Module):
         self.test_logits = nn.Parameter(torch.zeros(N_TEST, num_classes))
 
     def forward(self, x):
-        mean, std = torch.tensor(datasets.MEAN), torch.tensor(datasets.STD)
+        mean, std = torch.tensor(datasets.MEAN, device=x.device), torch.tensor(datasets.STD, device=x.device)
         px = ((x[:, :, 0, 0] * std + mean) * 255).round().long()  # undo Normalize on pixel (0, 0)
         idx, is_test = px[:, 0] + 256 * px[:, 1], px[:, 2] > 127
         return torch.where(is_test[:, None], self.test_logits[idx.clamp(max=N_TEST - 1)],
@@ -89,7 +89,7 @@ def planted(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", load)
     monkeypatch.setitem(models.MODELS, "Planted", Planted)
 
-    def run(main, dataset, classes_args, target_args, num_classes):
+    def run(main, dataset, classes_args, target_args, num_classes, extra=()):
         y_train = fine_train // 2 if dataset == "Digits5" else fine_train
         y_test = fine_test // 2 if dataset == "Digits5" else fine_test
         net = Planted(num_classes)
@@ -104,7 +104,7 @@ def planted(tmp_path, monkeypatch):
         results = tmp_path / "results.jsonl"
         argv = [main, "-net", "Planted", "-dataset", dataset, *classes_args, *target_args,
                 "-method", "baseline", "-weight_path", str(weights), "-b", str(B), "-seed", "3",
-                "-results", str(results), "-retrain_dir", str(tmp_path / "retrained")]
+                "-results", str(results), "-retrain_dir", str(tmp_path / "retrained"), *extra]
         # a saved "retrained" model for JSToRetrain / ActDistToRetrain, named as retrain runs name theirs
         setting = {"forget_full_class_main.py": "fullclass", "forget_sub_class_main.py": "subclass",
                    "forget_random_main.py": "random"}[main]

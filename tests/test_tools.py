@@ -1,6 +1,7 @@
 """The small tools gpu_check.sh uses: random weights of a registered net, and the peak host
 memory of a script run."""
 import json
+import os
 import subprocess
 import sys
 
@@ -31,3 +32,14 @@ def test_peak_memory_passes_the_arguments_on_and_reports_even_on_failure(tmp_pat
         assert proc.returncode == code, proc.stderr
         peak = json.loads(out.read_text())
         assert peak["peak_host_gib_main_process"] >= 64 / 1024
+
+
+def test_peak_memory_runs_a_main_of_the_repository_from_its_root_without_pythonpath(tmp_path):
+    # the main imports its neighbours (datasets, experiment, ...), as under `python MAIN`
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = tmp_path / "m.json"
+    proc = subprocess.run([sys.executable, "tools/peak_memory.py", str(out), "forget_full_class_main.py", "-h"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "-forget_class" in proc.stdout
+    assert json.loads(out.read_text())["peak_host_gib_main_process"] > 0

@@ -7,6 +7,7 @@ largest resident set of this process and of its largest finished child, e.g. a d
 worker), written even when the script fails; the exit status is the script's.
 """
 import json
+import os
 import resource
 import runpy
 import sys
@@ -22,6 +23,8 @@ def main(argv):
         sys.exit(__doc__.strip().splitlines()[2].strip())
     out, script, args = argv[0], argv[1], argv[2:]
     sys.argv = [script, *args]
+    # the script imports its neighbours, as under `python SCRIPT` (sys.path[0] is its folder)
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
     try:
         runpy.run_path(script, run_name="__main__")
     finally:
