@@ -457,7 +457,9 @@ def is_fq(r):
 
 # A forgetting-quality table holds one call of forgetting_quality.py: its forget target, K,
 # recipe and seed are columns; the flags it was called with, other than those, are its variant.
-FQ_SHOWN = SHOWN | {"seed", "K", "forget_class", "forget_perc"}
+# JiT's σ, η and switches are in its row's label, so they are left out for every method alike:
+# one call's records share one variant.
+FQ_SHOWN = SHOWN | {"seed", "K", "forget_class", "forget_perc"} | JIT_SHOWN
 
 
 def fq_groups(records):
