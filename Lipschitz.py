@@ -31,8 +31,8 @@ MODEL_MODES = ("as_loaded", "eval")
 def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAULT_CHUNK,
                 device=None, progress=True, grad="accumulate", reduction="sum", mode="as_loaded",
                 cpu_noise=False, amp=False):
-    """Unlearn ``forget_loader`` from ``model`` in place. The defaults are the reference's
-    parity behaviour; ``grad``, ``reduction`` and ``mode`` switch one step each:
+    """Unlearn ``forget_loader`` from ``model`` in place. The defaults are what the
+    authors' code does; ``grad``, ``reduction`` and ``mode`` switch one step each:
 
     - Optimiser: plain SGD over all parameters, learning rate ``eta``.
     - Gradients are cleared once before the loop, never between batches, so every step
@@ -43,7 +43,7 @@ def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAU
       batch tensor) whose outputs are computed without gradient (stop-gradient).
     - Per sample ratio ‖f(x) − f(x'_i)‖ / ‖x − x'_i‖ (the denominator uses the clamped x'_i).
     - Batch loss: sum over the batch, mean over the N perturbations (``reduction="sum"``;
-      ``"mean"`` also averages over the batch, so η no longer scales with the batch size);
+      ``"mean"`` also averages over the batch, so η does not scale with the batch size);
       backward; one step.
     - The model's mode is left as it is (``mode="as_loaded"``): a freshly built model is in
       training mode, so dropout is active here. ``"eval"`` runs JiT in eval mode (no
@@ -51,13 +51,13 @@ def jit_unlearn(model, forget_loader, sigma, eta, n_samples=25, chunk_size=DEFAU
 
     Noise is drawn as one (N, B, C, H, W) tensor after the clean forward, on the model's
     device; ``cpu_noise=True`` draws it from the CPU's default generator and moves it, as the
-    reference does (on a GPU this is the bit-parity switch; on the CPU both are the same). For
-    inputs whose element count is a multiple of 16 one draw gives the same numbers as the
-    reference's N successive draws. ``amp=True`` runs the forwards under bf16 autocast
+    authors' code does (on a GPU this is the bit-parity switch; on the CPU both are the same). For
+    inputs whose element count is a multiple of 16 one draw gives the same numbers as N
+    successive draws. ``amp=True`` runs the forwards under bf16 autocast
     (the loss itself is computed in float32). The N perturbed forwards run in
     chunks of up to ``chunk_size`` images (a per-perturbation loop only when a train-mode
     batch-norm layer makes batch composition matter). With dropout active the masks are drawn
-    from the same distribution as in the reference but in a different order.
+    from the same distribution as in the authors' code but in a different order.
     """
     if sigma <= 0 or eta <= 0 or n_samples < 1:
         raise ValueError("sigma and eta must be > 0 and n_samples >= 1")

@@ -9,7 +9,7 @@ Prints one JSON line per figure: seconds, images/s, seconds per image, peak GPU 
 memory; the eval line also gives the seconds for 60,000 images at the measured rate. Figures:
 forward_limit (plain batched forward, no data loading), jit (JiT on the forget images, N=25,
 batch 128), eval (accuracy, MIA and ZRF over train + test through the real data path), e2e
-(JiT then evaluation, as a forget run does), mia_bs1 (the reference's one-image-at-a-time
+(JiT then evaluation, as a forget run does), mia_bs1 (the authors' one-image-at-a-time
 MIA forward, timed on a subset and extrapolated to the evaluated count).
 """
 import argparse

@@ -29,7 +29,7 @@ from pins import FileImages, load_pins, pins_files
 @dataclass(frozen=True)
 class DataHP:
     """The data pipeline's choices. The field defaults and the rows of DATA_OVERRIDES give the
-    reference's behaviour under -recipe reference (the default) and the corrected one under
+    authors' pipeline under -recipe reference (the default) and the corrected one under
     -recipe corrected; each flag overrides one choice."""
     importance_order: str = hparam(
         "shuffled", "SSD/LF-SSD importance batches over the training set: shuffled (a permutation seeded by "
@@ -43,8 +43,8 @@ class DataHP:
         choices=("grouped", "dataset"))
     split_draw: str = hparam(
         "after_two_models", "random setting: draw the forget set from the default generator after two model "
-        "initialisations (so -seed forgets the reference's images) or from a generator of its own seeded by "
-        "-seed", "split_draw", choices=("after_two_models", "own_generator"))
+        "initialisations (so -seed forgets the images the authors' code forgets) or from a generator of its own "
+        "seeded by -seed", "split_draw", choices=("after_two_models", "own_generator"))
     pins_split: str = hparam(
         "none", "Pins: train and evaluate on the whole folder (none) or on an 80/20 split per person",
         "pins_split", choices=("none", "per_person"))
@@ -55,12 +55,12 @@ class DataHP:
 
 DATA_OVERRIDES = Overrides((
     (dict(recipe="reference", setting="subclass"), dict(importance_order="grouped")),
-    # the reference's random main builds its forget and retain loaders with batch 128 whatever -b is
+    # the authors' random main builds its forget and retain loaders with batch 128 whatever -b is
     (dict(recipe="reference", setting="random"), dict(importance_order="retain_forget", loader_batch=128)),
     (dict(recipe="corrected"), dict(retain_test_order="dataset", split_draw="own_generator", pins_split="per_person")),
 ))
 
-# Forget targets: command-line name -> label id, as the reference names them.
+# Forget targets: command-line name -> label id, under the authors' names.
 CIFAR100_FORGET = {"rocket": 69, "mushroom": 51, "baby": 2, "lamp": 40, "sea": 71}
 CIFAR20_FORGET = {"vehicle2": 19, "veg": 4, "people": 14, "electrical_devices": 5, "natural_scenes": 10}
 
@@ -144,8 +144,8 @@ def load_dataset(name, root="./data", train=True, size=32, augment=False, pins_s
     """Build one split of a data set. Model labels: CIFAR-20 and Digits5 predict coarse
     labels (the fine label rides in the middle slot); the others predict their own label.
     Pins photos are resized to 36×36 on decoding, then (augmentation) cropped to 32 and resized
-    to ``size``, as the reference's transforms do; ``pins_split`` "none" gives the whole folder
-    for both train and test (the reference), "per_person" an 80/20 split."""
+    to ``size``, as the authors' transforms do; ``pins_split`` "none" gives the whole folder
+    for both train and test, "per_person" an 80/20 split."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     return DATASETS[name].load(root, train, ImageTransform(size, augment), pins_split)
@@ -199,7 +199,7 @@ def _by_label(indices, labels):
 
 def split_full_class(train, test, cls, grouped=True):
     """Forget every training image of class ``cls``. ``grouped``: the retain test images are
-    ordered by class, as the reference builds them from per-class lists (this fixes the batches
+    ordered by class, as the authors' code builds them from per-class lists (this fixes the batches
     over which its mean-of-batch accuracy is taken); else in data-set order."""
     retain_valid = np.flatnonzero(test.targets != cls)
     return dict(forget_train=("train", np.flatnonzero(train.targets == cls)),
@@ -210,7 +210,7 @@ def split_full_class(train, test, cls, grouped=True):
 
 def split_sub_class(train, test, fine_cls, grouped=True):
     """Forget every training image of one fine class; the model keeps predicting coarse labels.
-    ``grouped``: the retain test images are ordered by fine class, as the reference builds them."""
+    ``grouped``: the retain test images are ordered by fine class (as ``split_full_class``)."""
     if train.fine is None:
         raise UserError("sub-class forgetting needs fine labels (use Cifar20 or Digits5)")
     retain_valid = np.flatnonzero(test.fine != fine_cls)
@@ -221,7 +221,7 @@ def split_sub_class(train, test, fine_cls, grouped=True):
 
 
 def split_random(train, test, forget_perc, generator):
-    """Forget a random fraction of the training set, drawn as the reference draws it:
+    """Forget a random fraction of the training set, drawn as the authors' code draws it:
     ``torch.utils.data.random_split`` with fractions (forget_perc, 1 - forget_perc), so the
     forget set has floor(n·p) images plus the one left over by rounding (83 of CIFAR-10's
     50,000 at 0.00165), from ``generator``. Df is measured on the forgotten samples, Dr on the

@@ -30,8 +30,8 @@ class Warmup:
 
 
 class ReferenceWarmup:
-    """The reference's pretraining warm-up laid over ``schedule`` (OneCycleLR), stepped every
-    batch: its WarmUpLR is built after OneCycleLR, so it scales one-cycle's initial rate (the
+    """The authors' pretraining warm-up laid over ``schedule`` (OneCycleLR), stepped every
+    batch: their WarmUpLR is built after OneCycleLR, so it scales one-cycle's initial rate (the
     peak / 25), not the current one, and it is stepped after one-cycle in each warm-up batch.
     Global batch t runs at initial·t/(warm_steps + 1e-8) for t <= warm_steps (the first at
     lr 0, the warm-up ending at the initial rate), then at one-cycle's rate for batch t."""
@@ -61,7 +61,7 @@ def multistep(optimizer, steps_per_epoch, milestones, gamma):
 
 
 def reference_schedule(optimizer, steps_per_epoch, milestones, gamma):
-    """The reference's retraining schedule, stepped per batch: its WarmUpLR (lr·t/(T + 1e-8)
+    """The authors' retraining schedule, stepped per batch: their WarmUpLR (lr·t/(T + 1e-8)
     at global batch t, T batches per epoch) is stepped through epochs 0 and 1, so epoch 1
     rises to about twice the base rate; from epoch 2 on, MultiStepLR.step(epoch) sets
     lr·gamma^(number of milestones <= epoch)."""

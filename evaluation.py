@@ -45,7 +45,7 @@ def logits_of(model, ds, workers, device, desc, amp=False):
 def evaluate_split(model, train, test, split, batch, workers, device, amp=False, batches=None):
     """Every metric from one forward pass over the train set and one over the test set.
     Accuracies are computed per split in the split's own order, batched by ``batch`` for the
-    reference's mean-of-batch accuracy, or by ``batches[key]`` for the keys it names
+    mean-of-batch accuracy, or by ``batches[key]`` for the keys it names
     (``TestAcc``, ``RetainTestAcc``, ``Df``). Returns (scores, forget_train logits)."""
     logits = {"train": logits_of(model, train, workers, device, "eval train", amp),
               "test": logits_of(model, test, workers, device, "eval test", amp)}

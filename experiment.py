@@ -96,7 +96,7 @@ def prepare(args, setting, num_classes, target_id, split_fn):
     def generator():
         if pipe.split_draw == "own_generator":
             return torch.Generator().manual_seed(args.seed)
-        # The reference seeds the default generator, builds the net and the bad teacher (two
+        # The authors' code seeds the default generator, builds the net and the bad teacher (two
         # initialisations of the architecture), then draws its random split from it.
         build_fresh()
         return torch.default_generator
@@ -193,7 +193,7 @@ def execute(exp, args, hp):
 
     t0 = time.perf_counter()
     scores = {}
-    # Accuracies batched otherwise than -b, as the reference scores them: in the random setting
+    # Accuracies batched otherwise than -b, as the authors' code scores them: in the random setting
     # Df over its forget loader itself; after UNSIR or emmn the retained test images in their
     # noise batch.
     eval_batches = {"Df": exp.data.forget_train.batch_size} if exp.setting == "random" else {}

@@ -32,7 +32,7 @@ def check_tables(task):
 
 
 def base_parser(description, task, with_method=True):
-    """Flags shared by the three mains (the reference's, verbatim, plus this project's), and
+    """Flags shared by the three mains (the authors' flags, verbatim, plus this project's), and
     every method's hyperparameter flags, generated from their declarations, with help texts
     from their tables in ``task``'s setting (an experiment.Task; its -b default too).
     ``with_method=False`` leaves out -method (sweep.py fixes it)."""
@@ -42,15 +42,15 @@ def base_parser(description, task, with_method=True):
     p.add_argument("-dataset", required=True, choices=list(datasets.DATASETS), help="data set")
     p.add_argument("-gpu", action="store_true", help="run on CUDA (pick the card with CUDA_VISIBLE_DEVICES)")
     p.add_argument("-b", type=int_in(1), default=task.batch, help="batch size of the forget/retain loaders (>= 1)")
-    p.add_argument("-warm", type=int_in(0), default=1, help="accepted for parity with the reference (unused here)")
-    p.add_argument("-lr", type=float_above(0), default=0.1, help="accepted for parity with the reference (unused here)")
+    p.add_argument("-warm", type=int_in(0), default=1, help="accepted for parity with the authors' mains (unused)")
+    p.add_argument("-lr", type=float_above(0), default=0.1, help="accepted for parity with the authors' mains (unused)")
     p.add_argument("-epochs", type=int, default=None,
-                   help="accepted for parity with the reference, which never reads it (unused here; the retrains "
+                   help="accepted for parity with the authors' mains, which never read it (unused here; the retrains "
                         "take -retrain_epochs)")
     if with_method:
         p.add_argument("-method", required=True, choices=list(METHODS), help="unlearning method")
     p.add_argument("-recipe", default=hparams.RECIPES[0], choices=hparams.RECIPES,
-                   help="reference: every method and the data pipeline as the reference code runs them, defects "
+                   help="reference: every method and the data pipeline as the authors' code runs them, defects "
                         "included (its command lines give its numbers); corrected: each method as its paper "
                         "describes it. Single choices can be overridden by their own flags; docs/parity.md lists "
                         "them all")
@@ -110,7 +110,7 @@ def resolve_method(args, task):
 def warn_inapplicable(args):
     """One warning line per hyperparameter flag given on the command line that sets only other
     methods' hyperparameters than ``args.method``'s: the run ignores it. -epochs, which the
-    reference's forget mains accept and never read, is named with the method's own epoch flags."""
+    authors' forget mains accept and never read, is named with the method's own epoch flags."""
     users = {}
     for name, m in METHODS.items():
         for f in dataclasses.fields(m.hparams) if m.hparams else ():

@@ -7,7 +7,7 @@ import datasets
 from experiment import Task, main
 from hparams import by_net
 
-# JiT for full-class forgetting, per net: σ (the reference's lipschitz_weighting), η (its
+# JiT for full-class forgetting, per net: σ (the authors' lipschitz_weighting), η (their
 # learning_rate) and N perturbations per sample; other nets take VGG16's row. Edit them here,
 # or pass -sigma/-eta/-n_samples for one run.
 JIT = {"VGG16": dict(sigma=0.5, eta=3e-4, n_samples=25), "ViT": dict(sigma=0.8, eta=1.5, n_samples=25)}

@@ -8,7 +8,7 @@ from cli import UserError
 from experiment import Task, main
 from hparams import by_net
 
-# JiT for random forgetting, per net: σ (the reference's lipschitz_weighting), η (its
+# JiT for random forgetting, per net: σ (the authors' lipschitz_weighting), η (their
 # learning_rate) and N perturbations per sample; other nets take VGG16's row. Edit them here,
 # or pass -sigma/-eta/-n_samples for one run.
 JIT = {"VGG16": dict(sigma=0.01, eta=3e-4, n_samples=25), "ViT": dict(sigma=0.5, eta=0.1, n_samples=25)}
@@ -17,7 +17,7 @@ JIT = {"VGG16": dict(sigma=0.01, eta=3e-4, n_samples=25), "ViT": dict(sigma=0.5,
 def add_args(p):
     p.add_argument("-classes", type=int, required=True, help="number of classes of the model")
     p.add_argument("-forget_perc", type=float, required=True,
-                   help="fraction of the training set to forget, in (0, 1); the reference grid uses 0.00165")
+                   help="fraction of the training set to forget, in (0, 1); the authors' grid uses 0.00165")
 
 
 def split(args):

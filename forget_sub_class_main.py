@@ -8,7 +8,7 @@ from cli import UserError
 from experiment import Task, main
 from hparams import by_net
 
-# JiT for sub-class forgetting, per net: σ (the reference's lipschitz_weighting), η (its
+# JiT for sub-class forgetting, per net: σ (the authors' lipschitz_weighting), η (their
 # learning_rate) and N perturbations per sample; other nets take VGG16's row. Edit them here,
 # or pass -sigma/-eta/-n_samples for one run.
 JIT = {"VGG16": dict(sigma=0.01, eta=3e-4, n_samples=25), "ViT": dict(sigma=1.5, eta=0.5, n_samples=25)}
@@ -18,7 +18,7 @@ def add_args(p):
     p.add_argument("-superclasses", type=int, required=True, help="number of coarse classes (the model's outputs)")
     p.add_argument("-subclasses", type=int, required=True, help="number of fine classes")
     p.add_argument("-forget_class", required=True, help="fine class to forget (name such as rocket, or fine label id)")
-    p.set_defaults(seed=42)  # the reference's sub-class main defaults -seed to 42 (its other mains to 0)
+    p.set_defaults(seed=42)  # the authors' sub-class main defaults -seed to 42 (their other mains to 0)
 
 
 def split(args):

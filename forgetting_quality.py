@@ -135,7 +135,7 @@ def retrain_identity(args, setting, retrain_hp):
     of the runs compared with them (records.TARGET_FLAGS: data set, net, forget target, -seed,
     which draws a random forget set, recipe and split choices) and everything else that changes a
     retrain: the retain loader's batch, the retrain's hyperparameters, and the original model's
-    file: the retrains are the reference for the models unlearned from that file, and a new
+    file: the retrains are what the models unlearned from that file are compared with, and a new
     original is a new experiment."""
     flags = {k: getattr(args, k, None) for k in records.TARGET_FLAGS}
     flags.update(method=RETRAIN, b=args.b, retrain=json.dumps(hparams.as_record(retrain_hp), sort_keys=True),

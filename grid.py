@@ -3,7 +3,7 @@
     python grid.py cifar100_fullclass_vgg 0,1,2,3 SEED WEIGHTS   one run per GPU at a time
     python grid.py cifar100_fullclass_vgg cpu,cpu SEED WEIGHTS   two runs side by side on the CPU
     python grid.py cifar100_fullclass_vgg SEED WEIGHTS -slurm -partition P -gpus_per_job 1 -timeout_min 600
-    ./cifar100_fullclass_exps_vgg.sh 0 SEED WEIGHTS               the same as the first, by the reference's name
+    ./cifar100_fullclass_exps_vgg.sh 0 SEED WEIGHTS               the same as the first, by the authors' name
 
 A grid is every target x every method of one setting, net and data set, for one seed; each run
 is one call of a forget_*_main.py. The retrain runs go first and finish before the others
@@ -82,7 +82,7 @@ SETTINGS = {
 }
 NETS = {"vgg": "VGG16", "vit": "ViT"}
 
-# name -> grid; each has a wrapper <setting>_exps_<net>.sh named as in the reference.
+# name -> grid; each has a wrapper <setting>_exps_<net>.sh named as the authors' scripts.
 GRIDS = {f"{setting}_{short}": Grid(f"{about}, {net}", main, f"-net {net} {args}", targets, methods)
          for setting, (about, main, args, targets, methods) in SETTINGS.items() for short, net in NETS.items()}
 

@@ -1,9 +1,9 @@
 """Hyperparameters declared once, as data.
 
-A method declares its hyperparameters as a frozen dataclass whose defaults are the reference's
-values; each field (``hparam``) carries its command-line flag, help text and valid range. Next to
-it a short table of overrides changes values for some nets, data sets, settings or recipes, and a
-field may name a preset (a table of its own) that its value selects. ``resolve`` applies defaults
+A method declares its hyperparameters as a frozen dataclass whose defaults are the reference
+recipe's values; each field (``hparam``) carries its command-line flag, help text and valid
+range. Next to it a short table of overrides changes values for some nets, data sets, settings
+or recipes, and a field may name a preset (a table of its own) that its value selects. ``resolve`` applies defaults
 -> the selected presets -> the override rows (in table order) -> command-line flags and checks
 every value; ``add_flags`` generates the flags from the fields, with help texts built from the
 tables, so no value is ever written twice. Imports nothing from the project and no torch.
@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-# -recipe: the reference code's behaviour (the default) or each method as its paper describes it.
+# -recipe: the authors' code's behaviour (the default) or each method as its paper describes it.
 # Override rows may condition on it like on net, dataset or setting.
 RECIPES = ("reference", "corrected")
 # The forget settings, one per forget_*_main.py.
@@ -64,7 +64,7 @@ FRACTION = Range(0, 1, low_open=True)
 
 
 def hparam(default, help, flag, valid=None, choices=None, presets=None):
-    """A hyperparameter field: its reference value, a one-line meaning, the command-line flag
+    """A hyperparameter field: its default value, a one-line meaning, the command-line flag
     that overrides it (without the dash; None: no flag) and its valid values (a Range or
     ``choices``). ``presets`` ({name: Overrides}) makes the field's value the name of the preset
     whose rows apply (its choices are the presets' names)."""

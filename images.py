@@ -12,18 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-# CIFAR-100's per-channel training-set mean and standard deviation, to the digits the reference
-# uses (it applies them to every data set).
+# CIFAR-100's per-channel training-set mean and standard deviation, to the digits JiT's authors
+# use (they apply them to every data set).
 MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
 STD = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
 
 
 class ImageTransform:
-    """uint8 HWC image -> float CHW tensor: optional augmentation, then the reference's
+    """uint8 HWC image -> float CHW tensor: optional augmentation, then
     ToTensor, Normalize and Resize (bilinear, as torchvision's Resize on tensors).
 
     ``augment=True`` adds the pretraining augmentation (RandomCrop(32, padding=4),
-    RandomHorizontalFlip, RandomRotation(15)); it acts on the uint8 image, as the reference's
+    RandomHorizontalFlip, RandomRotation(15)); it acts on the uint8 image, as the authors'
     PIL transforms do. A fresh instance is built for every data set.
     """
 

@@ -1,6 +1,6 @@
-"""Evaluation metrics under the reference's public names, all batched.
+"""Evaluation metrics under the names JiT's authors give them, all batched.
 
-Accuracy comes in two forms: ``Acc`` as the reference computes it (the unweighted mean of
+Accuracy comes in two forms: ``Acc`` as the authors compute it (the unweighted mean of
 per-batch accuracies, in %, biased when the last batch is smaller) and ``AccExact``
 (correct / total, in %).
 """
@@ -32,7 +32,7 @@ def predict(model, loader, device=None, amp=False):
 
 
 def batch_mean_accuracy(correct, batch_size):
-    """The reference's accuracy: per-batch accuracy (%) averaged over batches of the loader."""
+    """Per-batch accuracy (%) averaged over batches of the loader."""
     correct = np.asarray(correct, dtype=np.float64)
     if correct.size == 0:
         return float("nan")
@@ -46,7 +46,7 @@ def exact_accuracy(correct):
 
 def evaluate(model, loader, device=None):
     """{'Loss': mean of per-batch cross-entropy, 'Acc': mean of per-batch accuracy (%),
-    'AccExact': correct/total (%)} — the reference's evaluate, batched."""
+    'AccExact': correct/total (%)}."""
     logits, labels = predict(model, loader, device)
     if len(labels) == 0:  # nothing to score: not a number, as batch_mean_accuracy gives
         return {"Loss": float("nan"), "Acc": float("nan"), "AccExact": float("nan")}
@@ -64,20 +64,20 @@ def entropy(p, dim=-1, keepdim=False):
 
 
 def collect_prob(data_loader, model, device=None):
-    """Softmax outputs of every sample in loader order (the reference used batch size 1)."""
+    """Softmax outputs of every sample in loader order (the authors' code runs batch size 1)."""
     logits, _ = predict(model, data_loader, device)
     return F.softmax(logits, dim=-1)
 
 
 def mia_from_entropies(retain_entropy, forget_entropy, test_entropy):
-    """The reference's entropy attack: a logistic regression with balanced class weights,
+    """The entropy attack: a logistic regression with balanced class weights,
     fitted on retain (member, 1) vs test (non-member, 0) entropies; returns the fraction of
     forget samples it calls members."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.concatenate([np.asarray(retain_entropy), np.asarray(test_entropy)]).reshape(-1, 1)
     y = np.concatenate([np.ones(len(retain_entropy)), np.zeros(len(test_entropy))])
-    # The reference fitted multi_class="multinomial" (removed in scikit-learn 1.7). With two
+    # The authors' code fits multi_class="multinomial" (an option scikit-learn 1.7 lacks). With two
     # classes that is a two-row softmax whose L2 penalty falls on both rows, i.e. a binary
     # logistic regression with the penalty halved: C = 2 reproduces it exactly.
     clf = LogisticRegression(class_weight="balanced", solver="lbfgs", C=2.0)
@@ -93,13 +93,13 @@ def get_membership_attack_data(retain_loader, forget_loader, test_loader, model,
 
 
 def get_membership_attack_prob(retain_loader, forget_loader, test_loader, model, device=None):
-    """MIA as in the reference (see ``mia_from_entropies``)."""
+    """MIA: the fraction of forget samples the entropy attack calls members (``mia_from_entropies``)."""
     ent = [entropy(collect_prob(dl, model, device)).numpy() for dl in (retain_loader, forget_loader, test_loader)]
     return mia_from_entropies(ent[0], ent[1], ent[2])
 
 
 def JSDiv(p, q):
-    """The reference's "JS divergence", kept for parity. It is not the textbook quantity:
+    """The "JS divergence" of JiT's authors, kept for parity. It is not the textbook quantity:
     it averages m·(log m − log p) over every element (rows × classes) instead of summing over
     classes, i.e. KL(m‖p)/C per row."""
     m = (p + q) / 2
@@ -108,7 +108,7 @@ def JSDiv(p, q):
 
 
 def UnLearningScore(tmodel, gold_model, forget_dl, batch_size=None, device=None):
-    """ZRF score of the reference: 1 − JSDiv(unlearned softmax, gold-model softmax) on the
+    """ZRF score: 1 − JSDiv(unlearned softmax, gold-model softmax) on the
     forget set (``batch_size`` is accepted for signature parity; the loader's is used)."""
     p = collect_prob(forget_dl, tmodel, device)
     q = collect_prob(forget_dl, gold_model, device)
@@ -120,7 +120,7 @@ def actv_dist(model1, model2, dataloader, device=None):
     return activation_distance(collect_prob(dataloader, model1, device), collect_prob(dataloader, model2, device))
 
 
-# ---- beyond the reference ----------------------------------------------------------------
+# ---- beyond the authors' metrics ----------------------------------------------------------------
 
 def js_divergence(p, q):
     """Textbook Jensen-Shannon divergence between rows of probabilities, in nats, averaged
@@ -135,7 +135,7 @@ def js_divergence(p, q):
 
 
 def activation_distance(p, q):
-    """Mean L2 distance between rows of probabilities (the reference's actv_dist, on outputs)."""
+    """Mean L2 distance between rows of probabilities (``actv_dist`` on outputs)."""
     p, q = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(q, dtype=torch.float64)
     return float((p - q).norm(dim=-1).mean())
 
@@ -149,7 +149,7 @@ def tpr_at_fpr(labels, scores, fpr=0.01):
 
 
 def membership_attack(member_feature, nonmember_feature, folds=5, seed=0):
-    """A stronger attack than the reference's: members (the forget set) against non-members
+    """A stronger attack than ``mia_from_entropies``: members (the forget set) against non-members
     (the test set), balanced by subsampling the larger side, a logistic regression on the
     1-d feature scored out of fold with stratified ``folds``-fold cross-validation.
     Returns (ROC AUC, TPR at 1% FPR); AUC 0.5 means the forget set looks like unseen data."""

@@ -1,8 +1,8 @@
 """Networks used by the experiments, registered by the names the command lines use.
 
-Every net the reference defines keeps its state-dict layout (VGG16 ``model.*``/``fc.*``, ViT
-``base.*``/``final.*``, ResNet18 and AllCNN module for module), so checkpoints saved by the
-reference's classes load with ``strict=True``.
+Every net JiT's authors define keeps their state-dict layout (VGG16 ``model.*``/``fc.*``, ViT
+``base.*``/``final.*``, ResNet18 and AllCNN module for module), so checkpoints saved by their
+classes load with ``strict=True``.
 """
 import re
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 
 class VGG16(nn.Module):
-    """The reference's "VGG16": torchvision's vgg11 (no batch norm, ImageNet head with
+    """The authors' "VGG16": torchvision's vgg11 (no batch norm, ImageNet head with
     1000 outputs) followed by a Linear(1000, num_classes). The name is kept for parity."""
 
     def __init__(self, num_classes=100, **_):
@@ -26,8 +26,8 @@ class VGG16(nn.Module):
         return self.fc(self.model(x))
 
 
-# transformers 5 renamed ViTModel's parameters; the released checkpoints were saved with the
-# 4.x names. Each rule maps an old key fragment to the current one (applied in order).
+# transformers 5 names ViTModel's parameters differently from 4.x, whose names the released
+# checkpoints carry. Each rule maps a 4.x key fragment to its 5.x form (applied in order).
 _VIT_V4_TO_V5 = [
     (r"\.encoder\.layer\.(\d+)\.", r".layers.\1."),
     (r"\.attention\.attention\.query\.", ".attention.q_proj."),
@@ -47,7 +47,7 @@ def _vit_current_key(key):
 
 class ViT(nn.Module):
     """Hugging Face ViTModel (``base``) + Linear head (``final``) on the [CLS] token of the
-    last hidden state (after the final layer norm), as in the reference.
+    last hidden state (after the final layer norm).
 
     ``weights``: a hub name or a local directory to load pretrained weights from (only
     pretraining needs them); ``None`` builds the ViT-B/16-224 architecture from its config,
@@ -79,7 +79,7 @@ class ViT(nn.Module):
 
 
 class _BasicBlock(nn.Module):
-    """ResNet basic block, laid out as the reference's: ``residual_function`` (conv, bn, relu,
+    """ResNet basic block: ``residual_function`` (conv, bn, relu,
     conv, bn) and ``shortcut`` (empty, or a 1×1 conv and bn)."""
 
     def __init__(self, in_planes, planes, stride=1):
@@ -99,7 +99,7 @@ class _BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """CIFAR variant of ResNet18: 3×3 stem, no max-pool, four stages of two basic blocks. The
     module layout (and so the state-dict keys and the order of initialisation) is the
-    reference's, so its checkpoints load strict."""
+    authors', so their checkpoints load strict."""
 
     def __init__(self, num_classes=100, **_):
         super().__init__()
@@ -130,8 +130,8 @@ def _conv_bn_relu(cin, cout, k, stride=1, padding=None):
 
 class AllCNN(nn.Module):
     """All-convolutional net (Springenberg et al. 2015) with batch norm, as in unlearning work.
-    Laid out as the reference's (``features.N.{0,1}`` blocks, identities where dropout may go,
-    ``classifier.0``), so its checkpoints load strict."""
+    Laid out as the authors' (``features.N.{0,1}`` blocks, identities where dropout may go,
+    ``classifier.0``), so their checkpoints load strict."""
 
     def __init__(self, num_classes=10, n_filters=(96, 192), dropout=False, **_):
         super().__init__()
@@ -184,7 +184,7 @@ MODELS = {
 
 
 def input_size(net):
-    """Side length of the images a net expects (the reference resizes to it)."""
+    """Side length of the images a net expects (inputs are resized to it)."""
     return 224 if net == "ViT" else 32
 
 

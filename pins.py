@@ -51,7 +51,7 @@ def _visible(entries):
 def pins_files(root):
     """(paths, labels, class names) of the Pins ImageFolder: one person per sub-folder, hidden
     entries and files that are not images by their extension ignored. Every image file's header is
-    opened here (cheap: no pixel is decoded), so a file that is not an image is named now,
+    opened here (cheap: no pixel is decoded), so a file that is not an image is named at once,
     not by a DataLoader halfway through a run."""
     from PIL import Image, UnidentifiedImageError
 

@@ -3,7 +3,7 @@
 python pretrain_model.py -net VGG16 -dataset Cifar100 -classes 100 -gpu
 SGD (momentum 0.9, weight decay 5e-4), cross-entropy, a one-cycle cosine schedule stepped every
 batch and a linear warm-up over the first -warm epochs: under -recipe reference (the default) as
-the reference runs them (peak 0.1 whatever -lr is; the warm-up climbs from 0 to one-cycle's
+the authors' script runs them (peak 0.1 whatever -lr is; the warm-up climbs from 0 to one-cycle's
 initial rate, 0.1/25), under -recipe corrected with peak -lr and the warm-up scaling one-cycle's
 current rate. After every epoch
 the test accuracy is measured and a new best is saved (atomically) as a plain state dict,
@@ -41,7 +41,7 @@ from engine import ReferenceWarmup, Warmup, train_epoch
 from models import MODELS, ViT, build_model, input_size
 from utils import atomic_save, check_writable, non_finite_tensors, resolve_device, seed_everything
 
-# Epochs of the reference per net and data set; Digits* is this project's CPU quickstart.
+# The authors' epochs per net and data set; Digits* is the CPU quickstart's.
 EPOCHS = {
     "VGG16": {"Cifar100": 210, "Cifar10": 25, "Cifar20": 50, "PinsFaceRecognition": 250},
     "ViT": {"Cifar10": 8, "Cifar20": 9, "Cifar100": 8},
@@ -54,7 +54,7 @@ RESUME_FORMAT = "jit-unlearning pretrain state v1"
 # is the resolved one: under another recipe a Pins run would train on its held-out images.
 RESUME_IDENTITY = ("net", "dataset", "classes", "b", "warm", "lr", "epochs", "seed", "vit_weights", "recipe",
                    "pins_split", "sync_bn")
-# The reference's one-cycle peak: its script builds OneCycleLR with max_lr=0.1 and never reads -lr.
+# The authors' one-cycle peak: their script builds OneCycleLR with max_lr=0.1 and never reads -lr.
 REFERENCE_PEAK_LR = 0.1
 
 
@@ -82,8 +82,8 @@ def freeze_unused(model):
 
 def lr_schedule(opt, args, epochs, steps):
     """(one-cycle, the per-batch driver to step): one-cycle cosine over every batch with a linear
-    warm-up over the first -warm epochs. Reference recipe: the reference's, peak 0.1 whatever
-    -lr is and its WarmUpLR from 0 to one-cycle's initial rate (ReferenceWarmup); corrected:
+    warm-up over the first -warm epochs. Reference recipe: the authors' schedule, peak 0.1
+    whatever -lr is and their WarmUpLR from 0 to one-cycle's initial rate (ReferenceWarmup); corrected:
     peak -lr, the warm-up scaling one-cycle's current rate (Warmup)."""
     reference = args.recipe == "reference"
     onecycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=REFERENCE_PEAK_LR if reference else args.lr,
@@ -108,9 +108,9 @@ def parse_args(argv=None):
     p.add_argument("-warm", type=int_in(0), default=1, help="warm-up epochs, an integer >= 0")
     p.add_argument("-lr", type=float_above(0), default=0.1,
                    help="maximum learning rate of the one-cycle schedule under -recipe corrected, a finite number "
-                        "> 0 (the reference recipe's is 0.1, as the reference's, which ignores -lr)")
+                        "> 0 (the reference recipe's is 0.1, as the authors' script, which ignores -lr)")
     p.add_argument("-epochs", type=int_in(1), default=None,
-                   help="epochs, an integer >= 1 (default: the reference's per net/data set)")
+                   help="epochs, an integer >= 1 (default: the authors' per net/data set)")
     p.add_argument("-seed", type=seed_type, default=0, help="seed, an integer in 0..2**32-1")
     p.add_argument("-data_root", default="./data")
     p.add_argument("-out", default=None,
@@ -128,7 +128,7 @@ def parse_args(argv=None):
     p.add_argument("-workers", type=int_in(0), default=None,
                    help="data-loader workers per process, an integer >= 0 (default: 0 on CPU, 4 on GPU)")
     p.add_argument("-recipe", default=hparams.RECIPES[0], choices=hparams.RECIPES,
-                   help="reference: the reference's learning-rate schedule and data pipeline (Pins: train and test "
+                   help="reference: the authors' learning-rate schedule and data pipeline (Pins: train and test "
                         "on the whole folder); corrected: one-cycle to -lr with a warm-up that scales it, and Pins "
                         "with a held-out 80/20 split per person")
     hparams.add_flags(p, datasets.DataHP, datasets.DATA_OVERRIDES, group="data pipeline",

@@ -5,7 +5,7 @@
 #   ./quickstart.sh 0      on GPU 0
 #   PYTHON=/path/to/python ./quickstart.sh    another interpreter (default: python3)
 #   RECIPE=corrected ./quickstart.sh    each method as its paper describes it (default: reference,
-#                                       the authors' code as it ran, defects included; docs/parity.md)
+#                                       the authors' code as it runs, defects included; docs/parity.md)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"

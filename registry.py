@@ -41,9 +41,9 @@ def register(name, hparams=None, overrides=None, zero_shot=False, top_level=()):
 class UnlearnData:
     """What a method may use. Loaders yield (x, fine_or_empty, y) batches; their datasets
     (``loader.dataset``) are Subsets of the training set, for methods that build their own."""
-    forget_train: Any             # DataLoader, not shuffled, batch -b (as the reference)
+    forget_train: Any             # DataLoader, not shuffled, batch -b
     retain_train: Any             # DataLoader, shuffled, batch -b; None for zero-shot methods
-    full_train: Any               # DataLoader over the training set in the reference's order for SSD;
+    full_train: Any               # DataLoader over the training set in -importance_order for SSD;
                                   # None for zero-shot methods
     num_classes: int
     forget_class: Optional[int]   # forget label id: a model class (full class), a fine class

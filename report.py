@@ -13,7 +13,7 @@ averaged over the runs that have one.
 Runs that diverged (non-finite weights or outputs) have no metrics: when there are any, a
 "diverged" column counts them per row, and the means are over the other runs. A null value
 in a record means "not a number" (or not measured) and is left out of the means, as are
-NaN/Infinity tokens in files written before records became strict JSON.
+NaN/Infinity tokens (records are written as strict JSON; these tokens are read all the same).
 Lines that are not records (not JSON, not an object, missing setting/dataset/net/method,
 non-numeric metrics) are skipped and counted; a binary file stops the report. A run recorded
 more than once (the same file given twice, a run appended again) counts once: the last
@@ -146,8 +146,8 @@ def fmt(values, spec):
 
 
 def recipe(r):
-    """The record's -recipe (records written before it existed ran neither exactly; they count as
-    the reference's). Forgetting-quality records hold it in their flags only."""
+    """The record's -recipe; a record that names none counts as the reference recipe's.
+    Forgetting-quality records hold it in their flags only."""
     args = r.get("args") if isinstance(r.get("args"), dict) else {}
     return r.get("recipe") or args.get("recipe") or "reference"
 
@@ -182,11 +182,11 @@ def deduplicate(records):
 
 
 def method_label(r):
-    """The method, for JiT with its σ, η and any switch that is not the reference's."""
+    """The method, for JiT with its σ, η and any switch that differs from the authors' code."""
     if r["method"] != "lipschitz_forgetting":
         return r["method"]
     args = r.get("args", {})
-    # an unset switch (absent or null) is the reference's behaviour
+    # an unset switch (absent or null) behaves as the authors' code
     switches = [f"{k.split('_')[1]}={args[k]}" for k, v in PARITY.items() if args.get(k) not in (None, v)]
     return "JiT " + ", ".join([f"σ={r['sigma']:g}", f"η={r['eta']:g}"] + switches)
 
@@ -457,7 +457,9 @@ def is_fq(r):
 
 # A forgetting-quality table holds one call of forgetting_quality.py: its forget target, K,
 # recipe and seed are columns; the flags it was called with, other than those, are its variant.
-FQ_SHOWN = SHOWN | {"seed", "K", "forget_class", "forget_perc"}
+# JiT's σ, η and switches are in its row's label, so they are left out for every method alike:
+# one call's records share one variant.
+FQ_SHOWN = SHOWN | {"seed", "K", "forget_class", "forget_perc"} | JIT_SHOWN
 
 
 def fq_groups(records):

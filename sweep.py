@@ -64,8 +64,8 @@ def point_identity(setting, args_dict):
 
 
 def find_point(records, setting, args):
-    """The record in ``records`` of the run ``args`` describes, or None. Records written by
-    earlier sweeps (whose args held the sweep-only flags) match too."""
+    """The record in ``records`` of the run ``args`` describes, or None. Records whose args hold
+    the sweep-only flags match too."""
     want = point_identity(setting, vars(args))
     return next((r for r in records if isinstance(r, dict) and isinstance(r.get("args"), dict)
                  and point_identity(r.get("setting"), r["args"]) == want), None)

@@ -26,7 +26,7 @@ def progress_bar(iterable, desc, enabled=True):
 
 def resolve_device(use_gpu):
     """One device decided once. ``-gpu`` with no CUDA is an error, not a silent CPU run.
-    Which GPU is chosen by CUDA_VISIBLE_DEVICES, as in the reference's grid scripts."""
+    Which GPU is chosen by CUDA_VISIBLE_DEVICES, as in the authors' grid scripts."""
     import torch
 
     if not use_gpu:

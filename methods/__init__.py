@@ -1,6 +1,6 @@
 """Unlearning methods, one module per family, each registering its methods in ``registry``:
 
-- ``retrain``:    baseline, retrain (the reference's), retrain_full, finetune
+- ``retrain``:    baseline, retrain (top-level modules re-initialised), retrain_full, finetune
 - ``jit``:        lipschitz_forgetting (JiT, this paper's method)
 - ``distill``:    blindspot (bad teacher), amnesiac, scrub
 - ``importance``: ssd_tuning, lfssd_tuning, FisherForgetting

@@ -18,7 +18,7 @@ from hparams import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Overrides, h
 from registry import register
 from utils import progress_bar
 
-# ---- hyperparameters (the reference's values) ----------------------------------------------
+# ---- hyperparameters --------------------------------------------------------------------------
 # All three are quick on Digits/SmallCNN (a few seconds each on 2 CPU cores), so no data set
 # gets a reduced budget here.
 
@@ -30,10 +30,10 @@ class BlindspotHP:
     lr: float = hparam(1e-4, "blindspot Adam learning rate", "bt_lr", POSITIVE)
     batch: int = hparam(256, "blindspot batch", "bt_batch", AT_LEAST_ONE)
     temperature: float = hparam(1.0, "blindspot KL temperature", "bt_temperature", POSITIVE)
-    teacher: str = hparam("reference", "blindspot's incompetent teacher: the reference's (a fresh model of its "
+    teacher: str = hparam("reference", "blindspot's incompetent teacher: reference (the authors': a fresh model of its "
                           "class, which for ViT is the ImageNet-pretrained trunk with a random head) or random (a "
                           "wholly random network, as the paper describes)", "bt_teacher", choices=("reference", "random"))
-    vit_weights: str = hparam("google/vit-base-patch16-224", "ViT trunk of the reference's incompetent teacher: a "
+    vit_weights: str = hparam("google/vit-base-patch16-224", "ViT trunk of -bt_teacher reference: a "
                               "Hugging Face hub name in the local cache, or a local directory", "bt_vit_weights")
 
 
@@ -44,7 +44,7 @@ BLINDSPOT_OVERRIDES = Overrides((
 
 
 def incompetent_teacher(data, hp):
-    """The reference builds the bad teacher as a fresh instance of its model class, the second
+    """The authors' code builds the bad teacher as a fresh instance of its model class, the second
     model it initialises after seeding the default generator with -seed (the first is the net
     its weights are loaded into); ``reference`` draws it the same way, on a forked generator so
     that nothing after it changes. Its ViT class loads the ImageNet-pretrained trunk in its
@@ -89,8 +89,8 @@ class ScrubHP:
                                    "min-step (none: no clipping, as the SCRUB paper)", "scrub_clip", POSITIVE)
 
 
-# The reference's full-class main never passes its α = 1, γ = 5 on, so its full-class SCRUB ran
-# with the SCRUB function's own defaults; its full-class SCRUB alone clips the gradient norm to 1.
+# The authors' full-class main never passes its α = 1, γ = 5 on, so their full-class SCRUB runs
+# with the SCRUB function's own defaults, and it alone clips the gradient norm to 1.
 SCRUB_OVERRIDES = Overrides(((dict(recipe="reference", setting="fullclass"), dict(alpha=0.001, gamma=0.99, clip=1.0)),))
 
 
@@ -164,7 +164,7 @@ def blindspot(model, data, hp, device):
     Data: all of forget_train plus a random 30% of retain_train (seeded by -seed), shuffled, batch 256 (128 for ViT).
     Adam lr 1e-4, 1 epoch; the student in train mode, both teachers frozen in eval mode.
     The incompetent teacher: see ``incompetent_teacher``.
-    KL is the per-sample sum over classes, mean over the batch (the reference averages over classes too, a 1/C
+    KL is the per-sample sum over classes, mean over the batch (the authors' code averages over classes too, a 1/C
     scale that Adam cancels).
     """
     incompetent = freeze(incompetent_teacher(data, hp)).to(device)
@@ -281,12 +281,11 @@ def scrub(model, data, hp, device):
     Per epoch: if epoch <= msteps (2), max-steps on forget_train: maximise T²·KL(teacher ‖ student);
     then min-steps on retain_train: γ·CE + α·T²·KL(teacher ‖ student), T = 4, α = 1, γ = 5; 3 epochs.
     One SGD optimiser (lr 5e-4, momentum 0.9, wd 5e-4) over the student's parameters serves both
-    phases (the reference's too: it holds the student it scores); the teacher never changes.
+    phases (the authors' code holds the student it scores); the teacher never changes.
     Loaders are the main's: forget_train unshuffled, retain_train shuffled.
-    The student trains in train mode, the teacher is in eval mode; no lr decay (the reference's
-    decay epochs lie beyond epoch 3). Gradient norm clipped to 1 in the reference's full-class
-    setting only (its full-class SCRUB clips, its sub-class and random ones do not); unclipped
-    under the corrected recipe, as the SCRUB paper.
+    The student trains in train mode, the teacher is in eval mode; no lr decay (SCRUB's
+    decay epochs lie beyond epoch 3). Gradient norm clipped to 1 under the reference recipe in
+    full-class forgetting only (SCRUB_OVERRIDES); unclipped otherwise, as the SCRUB paper.
     """
     student, teacher = scrub_pair(model)
     teacher.to(device)

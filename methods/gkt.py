@@ -20,11 +20,11 @@ from registry import register
 from utils import check_allocatable, progress_bar
 
 # ---- hyperparameters --------------------------------------------------------------------------
-#   paper:     the paper's code (ayushkumartarun/zero-shot-unlearning): a freshly initialised
-#              student; per pseudo batch of `batch` z's, `n_gen` generator steps then
-#              `n_student` student steps; Adam (generator 1e-3, student 2e-3); KL + β·attention
-#              transfer, β = 250; generator width 64 (128 and 64 channels).
-#   reference: the JiT reference's gkt: the student is a copy of the model with only its Conv2d
+#   paper:     as the paper's authors train it: a freshly initialised student; per pseudo
+#              batch of `batch` z's, `n_gen` generator steps then `n_student` student steps;
+#              Adam (generator 1e-3, student 2e-3); KL + β·attention transfer, β = 250;
+#              generator width 64 (128 and 64 channels).
+#   reference: as JiT's authors run gkt: the student is a copy of the model with only its Conv2d
 #              weights re-initialised (Xavier uniform); SGD, the generator at lr 0.01 and momentum
 #              0.9, the student's lr and momentum driven by OneCycle (max lr 0.1, momentum cycled
 #              between 0.85 and 0.95: OneCycle overrides what its optimiser was built with); β = 5 on every Conv2d output (its
@@ -56,10 +56,10 @@ GKT_PRESETS = dict(
 @dataclass(frozen=True)
 class GktHP:
     """The paper recipe's values (the field defaults below, but for ``variant``); ``variant``
-    names the preset applied over them (the reference's settings unless -recipe corrected)."""
-    variant: str = hparam("reference", "gkt preset: the JiT reference's settings (model copy with re-initialised "
-                          "convolutions, SGD + OneCycle, β=5) or the paper's recipe (fresh student, Adam, β=250)",
-                          "gkt_recipe", presets=GKT_PRESETS)
+    names the preset applied over them (the reference recipe's settings unless -recipe corrected)."""
+    variant: str = hparam("reference", "gkt preset: reference, the settings of JiT's authors (model copy with "
+                          "re-initialised convolutions, SGD + OneCycle, β=5), or paper, the paper's recipe (fresh "
+                          "student, Adam, β=250)", "gkt_recipe", presets=GKT_PRESETS)
     batch: int = hparam(256, "gkt pseudo batch size", "gkt_batch", AT_LEAST_ONE)
     n_gen: int = hparam(1, "gkt generator steps per pseudo batch", "gkt_n_gen", AT_LEAST_ONE)
     n_student: int = hparam(10, "gkt student steps per pseudo batch", "gkt_n_student", AT_LEAST_ONE)
@@ -82,18 +82,18 @@ class GktHP:
     clip: float = hparam(5.0, "gkt gradient-norm clip", "gkt_clip", POSITIVE)
     momentum: float = hparam(0.9, "gkt generator SGD momentum (sgd only; the student's OneCycle cycles its momentum "
                              "between 0.85 and 0.95)", "gkt_momentum", NON_NEGATIVE)
-    teacher_mode: str = hparam("eval", "gkt teacher mode: eval, or train (the reference never puts its teacher in eval "
-                               "mode: dropout stays active in the gate and the teacher's logits, drawn anew at every "
-                               "generator and student step)", "gkt_teacher_mode", choices=("eval", "train"))
-    vit_forward: str = hparam("reference", "gkt with ViT: the reference's forward (every encoder layer applied to "
-                              "the embedding output, so the last layer alone reaches the head, for teacher, student "
-                              "and the evaluation) or the full forward", "gkt_vit_forward",
+    teacher_mode: str = hparam("eval", "gkt teacher mode: eval, or train (the authors' code never puts its teacher in "
+                               "eval mode: dropout stays active in the gate and the teacher's logits, drawn anew at "
+                               "every generator and student step)", "gkt_teacher_mode", choices=("eval", "train"))
+    vit_forward: str = hparam("reference", "gkt with ViT: reference (the authors' forward: every encoder layer "
+                              "applied to the embedding output, so the last layer alone reaches the head, for teacher, "
+                              "student and the evaluation) or the full forward", "gkt_vit_forward",
                               choices=("reference", "full"))
 
 
 GKT_OVERRIDES = Overrides((
     (dict(recipe="corrected"), dict(variant="paper")),
-    # This project's reduced CPU budget on Digits/Digits5 (not the reference's; either recipe),
+    # A reduced CPU budget on Digits/Digits5 (not part of either recipe's protocol),
     # ~10 s with SmallCNN on 2 cores. Expect a weak student (forget digit 3: Dr ~40% against the
     # trained model's ~96%).
     (dict(dataset=("Digits", "Digits5")), dict(batch=16, n_student=5, pseudo_batches=100, gen_width=8)),
@@ -159,7 +159,7 @@ def feature_names(model, shape, rule, device):
 
     ``stages``: for each spatial resolution, the last module (in execution order) to output a
     4-D map of that resolution (1×1 maps excluded) — the output of each stage of a CNN, such as
-    the ReLU before each pooling. ``convs`` (the reference): the blocks of a ModuleList (a
+    the ReLU before each pooling. ``convs`` (the reference recipe's): the blocks of a ModuleList (a
     transformer's encoder layers) if the model has one, else every Conv2d."""
     modules = list(model.named_modules())
     if rule == "convs":
@@ -261,7 +261,7 @@ def _pseudo_batch(z, teacher, student, generator, taps, forget_label, cfg, opts)
 
 
 def _pseudo_batch_train_teacher(z, teacher, student, generator, taps, forget_label, cfg, opts):
-    """``_pseudo_batch`` with the teacher in train mode, in the reference's order of forwards:
+    """``_pseudo_batch`` with the teacher in train mode, with the authors' order of forwards:
     every step gates on a teacher forward of its own, then (generator step) runs the student and
     the teacher again, or (student step) the teacher again and then the student, so each of
     these forwards draws its own dropout masks."""
@@ -348,7 +348,7 @@ def distill(teacher, student, generator, forget_label, cfg, names=(), progress=T
 
 
 class ReferenceViTForward(nn.Module):
-    """A ViT run as the reference's gkt runs it: its ViT forward with ``return_activations``
+    """A ViT run as the authors' gkt runs it: their ViT forward with ``return_activations``
     passes the embedding output to every encoder layer (not the previous layer's output), so
     the head sees the final layer norm of the last layer applied to the embeddings; 11 of
     ViT-B's 12 layers only feed the attention-transfer term. Wraps the model (same parameters)."""
@@ -389,17 +389,17 @@ def gkt(model, data, hp, device):
       the first forget sample: the only use of forget data).
     - Gate: pseudo samples the teacher (the trained model, frozen) gives the forget class a
       probability > 0.01 are dropped. The teacher runs in eval mode, or under the reference
-      variant in train mode (dropout active, redrawn at every step), as the reference leaves it.
+      variant in train mode (dropout active, redrawn at every step).
     - Per pseudo batch: generator step(s) maximising KL(teacher ‖ student), then student steps
       minimising KL (temperature 1, 'mean' over all elements) + β·attention transfer on the
       feature maps picked by ``feature_names``; gradient norms clipped to 5.
     - paper recipe (-recipe corrected, or -gkt_recipe paper): a freshly built student, Adam 1e-3/2e-3, 1+10 steps, batch 256,
       4,000 pseudo batches, β = 250 (0 for ViT). The paper's learning-rate halving on plateaus
       of a real-data validation loss is left out: a zero-shot method has no real data.
-    - reference recipe (the default, -recipe reference): the JiT reference's settings (see GKT).
-    - Digits/Digits5: this project's reduced CPU budget (GKT_CPU_BUDGET).
-    - ViT under the reference variant: teacher, student and the returned model run the
-      reference's forward (ReferenceViTForward); -gkt_vit_forward full gives the real one.
+    - reference recipe (the default, -recipe reference): the settings of JiT's authors (GKT_PRESETS).
+    - Digits/Digits5: a reduced CPU budget (GKT_OVERRIDES).
+    - ViT under the reference variant: teacher, student and the returned model run
+      ReferenceViTForward; -gkt_vit_forward full gives the real forward.
     - The student's weights are copied into ``model``, which is returned.
     """
     forget = full_class_only(data, "gkt")
@@ -415,4 +415,4 @@ def gkt(model, data, hp, device):
     names = feature_names(teacher, shape, cfg["features"], device) if cfg["beta"] > 0 else []
     distill(teacher, pupil, generator, forget, cfg, names)
     model.load_state_dict(student.state_dict())
-    return wrap(model)  # with the reference's ViT forward, its evaluation runs that forward too
+    return wrap(model)  # under ReferenceViTForward, evaluation runs that forward too

@@ -18,7 +18,7 @@ from hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Overrides, hparam
 from registry import register
 from utils import progress_bar
 
-# ---- hyperparameters (the reference's values) -------------------------------------------
+# ---- hyperparameters --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SsdHP:
@@ -27,7 +27,7 @@ class SsdHP:
     lam: float = hparam(1.0, "SSD/LF-SSD dampening constant λ", "ssd_lambda", NON_NEGATIVE)
 
 
-# (α, λ) as the reference's three forget_*_main.py pass them (LF-SSD gets the same pair); nets
+# (α, λ) as the authors' three forget_*_main.py pass them (LF-SSD gets the same pair); nets
 # without a row of their own take VGG16's values.
 SSD_OVERRIDES = Overrides((
     (dict(setting="subclass"), dict(alpha=5.0, lam=6.0)),
@@ -42,7 +42,7 @@ class FisherHP:
     """variance = α·min(1/(F + 1e-8), clamp); clamp_final in the final layer; ×boost for 1-D
     parameters and, in full class, the final layer; the forget class's final-layer row gets
     mean 0 and variance forget_var (before the boost)."""
-    alpha: float = hparam(1e-6, "FisherForgetting variance scale α (the reference's caller passes 1e-6; "
+    alpha: float = hparam(1e-6, "FisherForgetting variance scale α (the authors' caller passes 1e-6; "
                           "its get_mean_var defaults to 3e-6)", "fisher_alpha", NON_NEGATIVE)
     clamp: float = hparam(1e3, "FisherForgetting cap on 1/F", "fisher_clamp", POSITIVE)
     clamp_final: float = hparam(1e2, "FisherForgetting cap on 1/F in the final layer", "fisher_clamp_final", POSITIVE)
@@ -51,10 +51,10 @@ class FisherHP:
     boost: float = hparam(10.0, "FisherForgetting variance factor for 1-D parameters (and the full-class final layer)",
                           "fisher_boost", POSITIVE)
     samples: Optional[int] = hparam(None, "retain samples the Fisher is estimated on (none given: all, as the "
-                                    "reference; else a seeded random subset)", "fisher_samples", AT_LEAST_ONE)
+                                    "authors' code; else a seeded random subset)", "fisher_samples", AT_LEAST_ONE)
 
 
-# Digits: this project's reduced CPU budget, not the reference's: SmallCNN costs ~40 ms of CPU per
+# Digits: a reduced CPU budget, not part of either recipe's protocol: SmallCNN costs ~40 ms of CPU per
 # sample (10 classes), ~50 s for all 1,300.
 FISHER_OVERRIDES = Overrides(((dict(dataset=("Digits", "Digits5")), dict(samples=256)),))
 # Per-sample gradients held at once, in floats (samples × classes × parameters), by device
@@ -117,7 +117,7 @@ def ssd_tuning(model, data, hp, device):
     on forget_train (I_f) and on the full training set (I_D, forget + retain).
     Where I_f > α·I_D the weight is multiplied by min(λ·I_D / I_f, 1), so no weight grows.
     α, λ: SsdHP with the setting's and net's row of SSD_OVERRIDES.
-    Eval mode while computing importances, as the reference (it calls model.eval() first), so
+    Eval mode while computing importances, so
     dropout does not make them random; the model is left in eval mode.
     No optimiser step: gradients are read per batch (never accumulated) and weights change
     only by dampening.
@@ -189,7 +189,7 @@ def fisher_diagonal(model, loader, num_classes, device, desc="fisher"):
 
 def final_layer(model, num_classes):
     """Names of the parameters of the classification layer: the last nn.Linear with
-    ``num_classes`` outputs (the reference instead treats every parameter whose first
+    ``num_classes`` outputs (the authors' code instead treats every parameter whose first
     dimension is num_classes as final layer; for the nets here that is the same set)."""
     name = None
     for n, m in model.named_modules():
@@ -225,17 +225,17 @@ def FisherForgetting(model, data, hp, device):
 
     F = diagonal Fisher of the retain set under the model's own predictive distribution,
     E_x Σ_y p(y|x)·(∂ log p(y|x)/∂θ)², estimated on retain_train (the whole set; Digits: a
-    seeded random subset of -fisher_samples) in eval mode, as the reference.
+    seeded random subset of -fisher_samples) in eval mode.
     Each weight is replaced by w + sqrt(var)·ε, ε ~ N(0, 1) from torch's default generator,
-    drawn per parameter in model.parameters() order, with (the reference's get_mean_var):
+    drawn per parameter in model.parameters() order, with:
       var = α·min(1/(F + 1e-8), 1e3), clamped at α·1e2 in the final classification layer;
       weight matrices and kernels: var averaged over dim 1 (the input side) per output row;
       ×10 for every 1-D parameter (biases, norm scales);
       full class only: the forget class's final-layer row (weight row and bias) gets mean 0
       and variance 1e-4, and the whole final layer ×10 (the forget row then 1e-3).
     Sub-class: the outputs are coarse classes and the forget target is a fine class, so no
-    output row belongs to it alone and none is zeroed; as the reference's sub-class and random
-    variants, the final weight matrix gets no ×10 there. Random: likewise, nothing is zeroed.
+    output row belongs to it alone and none is zeroed, and the final weight matrix gets no ×10.
+    Random: likewise, nothing is zeroed.
     α and the caps: FisherHP.
     """
     final = final_layer(model, data.num_classes)

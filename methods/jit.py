@@ -12,19 +12,19 @@ from registry import register
 
 @dataclass(frozen=True)
 class JitHP:
-    """The defaults of the switches are the reference's behaviour; σ, η, N are the main's."""
-    sigma: Optional[float] = hparam(None, "JiT σ, the perturbation scale (the reference's lipschitz_weighting)",
+    """The defaults of the switches are what the authors' code does; σ, η, N are the main's."""
+    sigma: Optional[float] = hparam(None, "JiT σ, the perturbation scale (the authors' lipschitz_weighting)",
                                     "sigma", POSITIVE)
     eta: Optional[float] = hparam(None, "JiT η, its SGD learning rate", "eta", POSITIVE)
     n_samples: Optional[int] = hparam(None, "JiT perturbations N per forget sample", "n_samples", AT_LEAST_ONE)
-    grad: str = hparam("accumulate", "JiT gradients: accumulated across forget batches (the reference) or "
-                       "cleared per batch", "jit_grad", choices=GRAD_MODES)
-    reduction: str = hparam("sum", "JiT batch loss: sum over the batch (the reference) or mean", "jit_reduction",
+    grad: str = hparam("accumulate", "JiT gradients: accumulated across forget batches or cleared per "
+                       "batch", "jit_grad", choices=GRAD_MODES)
+    reduction: str = hparam("sum", "JiT batch loss: sum over the batch or mean", "jit_reduction",
                             choices=REDUCTIONS)
-    mode: str = hparam("as_loaded", "JiT model mode: as loaded, i.e. train mode with dropout (the reference), "
-                       "or eval", "jit_mode", choices=MODEL_MODES)
-    cpu_noise: bool = hparam(False, "draw JiT's noise on the CPU and move it to the device, as the reference "
-                             "(the same numbers on a GPU; slower)", "jit_cpu_noise")
+    mode: str = hparam("as_loaded", "JiT model mode: as loaded, i.e. train mode with dropout, or "
+                       "eval", "jit_mode", choices=MODEL_MODES)
+    cpu_noise: bool = hparam(False, "draw JiT's noise on the CPU and move it to the device, as the authors' "
+                             "code (the same numbers on a GPU; slower)", "jit_cpu_noise")
     chunk: int = hparam(DEFAULT_CHUNK, "most perturbed images in one JiT forward", "jit_chunk", AT_LEAST_ONE)
 
 

@@ -19,7 +19,7 @@ from utils import check_allocatable, progress_bar
 NOISE_IMAGES = ("reference", "full")
 
 
-# ---- hyperparameters (the reference's values) --------------------------------------------------
+# ---- hyperparameters --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LearntNoiseHP:
@@ -35,7 +35,7 @@ class LearntNoiseHP:
                          "channels (reference: its indexing defect keeps 3 images) or on the whole batch (full, as the "
                          "papers)", "noise_images", choices=NOISE_IMAGES)
     retain_test_batch: str = hparam("noise", "UNSIR and emmn: batches of RetainTestAcc's mean-of-batch accuracy: the "
-                                    "noise batch (the reference re-binds its retained-test loader to it) or -b",
+                                    "noise batch (the authors' code re-binds its retained-test loader to it) or -b",
                                     "noise_retain_test_batch", choices=("noise", "b"))
 
 
@@ -45,9 +45,9 @@ LEARNT_NOISE_ROWS = ((dict(recipe="corrected"), dict(images="full", retain_test_
 @dataclass(frozen=True)
 class UnsirHP(LearntNoiseHP):
     """One batch of error-maximising noise for the forget class; impair on its copies mixed with
-    the first ``per_class`` retain samples of each class (fine classes in sub-class, as the
-    reference); repair on those retain samples alone."""
-    noise_batch: int = hparam(32, "UNSIR noise images learnt (the reference's fixed size, not -b)", "unsir_noise_size",
+    the first ``per_class`` retain samples of each class (fine classes in sub-class); repair on
+    those retain samples alone."""
+    noise_batch: int = hparam(32, "UNSIR noise images learnt (a fixed size, not -b)", "unsir_noise_size",
                               AT_LEAST_ONE)
     noise_steps: int = hparam(25, "UNSIR Adam steps learning the noise", "unsir_noise_steps", AT_LEAST_ONE)
     per_class: int = hparam(500, "UNSIR retain samples per class", "unsir_per_class", AT_LEAST_ONE)
@@ -81,7 +81,7 @@ EMMN_OVERRIDES = Overrides(LEARNT_NOISE_ROWS)
 
 def retain_test_batch(hp):
     """The batch RetainTestAcc is scored in after a learnt-noise method (None: -b). The
-    reference's UNSIR and emmn re-bind the retained-test loader to their noise batch (32 and 4)
+    authors' UNSIR and emmn re-bind the retained-test loader to their noise batch (32 and 4)
     before scoring, and a mean of per-batch accuracies depends on the batch."""
     if isinstance(hp, LearntNoiseHP) and hp.retain_test_batch == "noise":
         return hp.noise_batch
@@ -168,8 +168,8 @@ class _Triples(Dataset):
 
 
 def retain_subset(ds, per_class, by_fine=False):
-    """The first ``per_class`` samples of every class of ``ds`` in data-set order (as the
-    reference); classes are fine classes when ``by_fine``, model classes otherwise."""
+    """The first ``per_class`` samples of every class of ``ds`` in data-set order; classes are
+    fine classes when ``by_fine``, model classes otherwise."""
     labels = _labels(ds, fine=by_fine)
     idx = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
     return Subset(ds, np.sort(idx).tolist())
@@ -205,7 +205,7 @@ def learn_noise(model, init, label, steps, lr, l2, maximise):
 
 def noise_images(noise, mode):
     """The noise images a method trains on. ``full``: the whole batch. ``reference``: the first
-    C images only, C = channels of one image, as the reference, which loops over
+    C images only, C = channels of one image, as the authors' code, which loops over
     ``batch[0].size(0)`` (the channel count of the first image) instead of the batch size."""
     if mode == "reference":
         return noise[: noise[0].size(0)]
@@ -219,17 +219,16 @@ def unsir(model, data, hp, device):
     """UNSIR (Tarun et al. 2023): impair with learnt error-maximising noise, then repair.
 
     - Noise: one batch of ``noise_batch`` images (a fixed size, not -b), ``noise_steps`` Adam
-      steps on −CE(model(noise), forget label) + l2·mean_b ‖noise_b‖² (more steps in sub-class,
-      as the reference's sub-class script).
+      steps on −CE(model(noise), forget label) + l2·mean_b ‖noise_b‖² (more steps in sub-class).
     - Impair: one epoch of cross-entropy with Adam on ``noise_repeats`` copies of the noise
       (labelled with the forget class) mixed with the first ``per_class`` retain samples of
       each class.
     - Repair: one epoch with a fresh Adam on those retain samples alone.
     - Sub-class: the noise carries the coarse label of the forgotten fine class; the retain
-      subset is taken per fine class (as the reference).
-    - Parity: ``images`` reference trains on the first 3 noise images only (the reference's
+      subset is taken per fine class.
+    - Parity: ``images`` reference trains on the first 3 noise images only (the authors'
       indexing defect), full on the whole batch (the corrected recipe).
-    - Not replicated: the reference learns the noise with the model in train mode and lets the
+    - Not replicated: the authors' code learns the noise with the model in train mode and lets the
       noise steps' gradients accumulate in the model; here eval mode and noise-only gradients.
     """
     forget = _forget_model_label(data, "UNSIR")
@@ -250,7 +249,7 @@ def unsir(model, data, hp, device):
 
 @register("emmn", hparams=EmmnHP, overrides=EMMN_OVERRIDES, zero_shot=True)
 def emmn(model, data, hp, device):
-    """Error-minimising/-maximising noise (zero-shot; the reference's emmn).
+    """Error-minimising/-maximising noise (zero-shot; the emmn of JiT's authors).
 
     - Forget class: ``noise_batch`` error-maximising noise images, ``max_steps`` Adam steps on
       −CE(model(noise), forget class) + l2·mean_b ‖noise_b‖².
@@ -261,13 +260,13 @@ def emmn(model, data, hp, device):
       None; the forget loader only gives the input shape).
     - Full class only: in sub-class forgetting the forgotten fine class is no model output.
     - Parity: ``images`` reference keeps the first 3 images of each class's batch (the
-      reference's indexing defect), full keeps all (the corrected recipe).
+      authors' indexing defect), full keeps all (the corrected recipe).
     """
     forget = full_class_only(data, "emmn")
     shape = input_shape(data.forget_train)
     check_allocatable(4 * hp.noise_batch * math.prod(shape), "-emmn_noise_size", device)  # noise, grad, Adam's 2
     images, labels = [], []
-    # the reference draws the forget class's noise first, then the others in class order
+    # the forget class's noise is drawn first, then the others in class order
     for cls in progress_bar([forget] + [k for k in range(data.num_classes) if k != forget], "emmn noise"):
         init = torch.randn(hp.noise_batch, *shape).to(device)
         if cls == forget:

@@ -1,5 +1,6 @@
-"""Baselines that train on the retain set: ``retrain`` (the reference's), ``retrain_full`` (a
-true retrain from scratch), ``finetune``; and ``baseline``, the trained model unchanged."""
+"""Baselines that train on the retain set: ``retrain`` (as JiT's authors retrain: top-level
+modules re-initialised), ``retrain_full`` (a true retrain from scratch), ``finetune``; and
+``baseline``, the trained model unchanged."""
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,7 @@ from registry import register
 
 @dataclass(frozen=True)
 class RetrainHP:
-    """SGD with momentum and weight decay; ×gamma from each milestone epoch on. The reference's
+    """SGD with momentum and weight decay; ×gamma from each milestone epoch on. The reference
     schedule warms up over epochs 0 and 1 (lr·i/T in epoch 0, rising to about 2·lr in epoch 1,
     T batches per epoch) and applies the milestones from epoch 2; the corrected one warms up
     linearly over the first ``warm_epochs`` epochs, then applies the milestones."""
@@ -23,14 +24,15 @@ class RetrainHP:
     weight_decay: float = hparam(5e-4, "retrain SGD weight decay", "retrain_wd", NON_NEGATIVE)
     gamma: float = hparam(0.2, "retrain learning-rate decay at each milestone", "retrain_gamma", POSITIVE)
     warm_epochs: int = hparam(1, "retrain warm-up epochs (warmup schedule only)", "retrain_warm", NON_NEGATIVE)
-    schedule: str = hparam("reference", "retrain learning-rate schedule: the reference's (its WarmUpLR stepped through "
-                           "epochs 0 and 1, then MultiStepLR.step(epoch)) or warmup (linear warm-up, then the milestones)",
+    schedule: str = hparam("reference", "retrain learning-rate schedule: reference (the authors' WarmUpLR stepped "
+                           "through epochs 0 and 1, then MultiStepLR.step(epoch)) or warmup (linear warm-up, then "
+                           "the milestones)",
                            "retrain_schedule", choices=("reference", "warmup"))
 
 
-# The reference's schedules per data set and net. The Digits rows are this project's CPU budget,
-# not the reference's: lr 0.01 leaves a from-scratch SmallCNN at ~60% there (lr 0.1 reaches more
-# but made the head-only retrain diverge).
+# The authors' schedules per data set and net. The Digits rows are a reduced CPU budget, not
+# part of either recipe's protocol: lr 0.01 leaves a from-scratch SmallCNN at ~60% there (lr 0.1 reaches more
+# but makes the head-only retrain diverge).
 RETRAIN_OVERRIDES = Overrides((
     (dict(dataset="Cifar20"), dict(epochs=40, milestones=(15, 30, 35))),
     (dict(dataset="Cifar10"), dict(epochs=20, milestones=(8, 12, 16))),
@@ -74,7 +76,7 @@ def train_on_retain(model, data, hp, device, desc):
 
 @register("retrain", hparams=RetrainHP, overrides=RETRAIN_OVERRIDES)
 def retrain(model, data, hp, device):
-    """The reference's retrain: re-initialise only the top-level child modules that have
+    """Retrain as JiT's authors do: re-initialise only the top-level child modules that have
     ``reset_parameters`` (for VGG16 the ``fc`` head alone), then train on retain_train.
     Kept for parity; ``retrain_full`` is the true retrain."""
     for child in model.children():

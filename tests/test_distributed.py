@@ -13,7 +13,7 @@ import pretrain_model
 from launch import threads_per_slot
 from records import read_records
 
-PRETRAIN = ["pretrain_model.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10"]
+PRETRAIN = ["pretrain_model.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10", "-recipe", "corrected"]
 
 
 def load(path):

@@ -404,7 +404,7 @@ def test_a_signal_stops_the_runs_in_flight(tmp_path, signum):
 def test_a_grid_killed_midway_and_rerun_records_each_run_once(smallcnn_ckpt, tmp_path):
     results = tmp_path / "r.jsonl"
     env = _env(RESULTS=results,
-               EXTRA_ARGS=f"-epochs 1 -n_samples 2 -relearn_max_steps 0 -retrain_dir {tmp_path / 'retrained'}")
+               EXTRA_ARGS=f"-retrain_epochs 1 -n_samples 2 -relearn_max_steps 0 -retrain_dir {tmp_path / 'retrained'}")
     cmd = _grid_cmd(_grid_file(tmp_path), "cpu,cpu", "0", smallcnn_ckpt)
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -434,7 +434,7 @@ def test_term_stops_a_one_slot_grid_at_once(smallcnn_ckpt, tmp_path):
     """TERM (kill, timeout, a scheduler) stops the run in flight, not after it."""
     results = tmp_path / "r.jsonl"
     env = _env(RESULTS=results, ONLY_METHODS="retrain_full",
-               EXTRA_ARGS=f"-epochs 50 -relearn_max_steps 0 -retrain_dir {tmp_path}")
+               EXTRA_ARGS=f"-retrain_epochs 50 -relearn_max_steps 0 -retrain_dir {tmp_path}")
     proc = subprocess.Popen(_grid_cmd(_grid_file(tmp_path), "cpu", "0", smallcnn_ckpt), env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -504,7 +504,7 @@ def test_a_grid_runs_through_submitits_local_executor(smallcnn_ckpt, tmp_path):
     pytest.importorskip("submitit")
     results = tmp_path / "r.jsonl"
     spec = _grid_file(tmp_path, targets=["-forget_class 1"], methods=["baseline", "retrain_full"])
-    env = _env(RESULTS=results, EXTRA_ARGS=f"-epochs 1 -relearn_max_steps 0 -retrain_dir {tmp_path / 'rt'}")
+    env = _env(RESULTS=results, EXTRA_ARGS=f"-retrain_epochs 1 -relearn_max_steps 0 -retrain_dir {tmp_path / 'rt'}")
     proc = subprocess.run(_grid_cmd(spec, "0", smallcnn_ckpt, "-executor", "local", "-timeout_min", "10"), env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, _describe(proc)

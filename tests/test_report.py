@@ -131,6 +131,17 @@ def test_the_forgetting_quality_table_keeps_recipes_and_seeds_apart_and_takes_th
     assert report.fq_plot_paths(str(tmp_path / "rep"), groups[::-1]) == paths
 
 
+def test_one_forgetting_quality_call_is_one_group_jit_included():
+    # every record of a call carries the call's flags, JiT's σ and η among them: JiT's row is in
+    # the same table and ε plot as the other methods'
+    call = dict(sigma=None, eta=None, jit_mode=None, n_samples=2)
+    recs = [fq("baseline", 0.0, **call), fq("lipschitz_forgetting", 0.5, **call), fq("retrain_full", 0.25, **call)]
+    groups = report.fq_groups(recs)
+    assert len(groups) == 1 and list(next(iter(groups.values()))) == ["baseline", "lipschitz_forgetting",
+                                                                     "retrain_full"]
+    assert len(report.fq_groups(recs[:2] + [fq("retrain_full", 0.25, **dict(call, n_samples=3))])) == 2
+
+
 def test_forgetting_quality_plot_names_made_the_same_by_unsafe_characters_are_numbered():
     key = ("fullclass", "Digits", "SmallCNN", "a/b", 6, "reference", 0, None)
     paths = report.fq_plot_paths("rep", [key, key[:3] + ("a_b",) + key[4:]])
