@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Triples, hp_for
+from helpers import TINY_SHAPE, Triples, hp_for, tiny_conv_net, tiny_unlearn_data
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -18,35 +18,6 @@ import methods.gkt as bg
 import models
 from cli import UserError
 from methods import UnlearnData
-
-C = 3  # classes of the tiny models
-
-
-SHAPE = (3, 8, 8)
-
-
-def make_net(seed=0, forget_bias=None):
-    """A tiny conv net on 3×8×8 with two spatial stages (8×8 and 4×4)."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, C))
-    if forget_bias is not None:  # make the net give the forget class (0) almost no probability
-        with torch.no_grad():
-            net[-1].bias[0] = forget_bias
-    return net
-
-
-def make_data(n=30, forget_class=0, setting="fullclass", dataset="tiny", retain=True, build_fresh=None):
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, *SHAPE, generator=g)
-    y = torch.arange(n) % C
-    forget = Triples(x[y == forget_class] + 5.0, y[y == forget_class])  # bright: easy to recognise
-    keep = Triples(x[y != forget_class], y[y != forget_class])
-    return UnlearnData(
-        forget_train=DataLoader(forget, batch_size=8),
-        retain_train=DataLoader(keep, batch_size=8, shuffle=True) if retain else None,
-        full_train=None, num_classes=C, forget_class=forget_class, setting=setting, dataset=dataset,
-        net="tiny", build_fresh=build_fresh or (lambda: make_net(seed=99)))
 
 
 def test_gate_drops_samples_the_teacher_gives_the_forget_class_over_threshold():
@@ -75,7 +46,7 @@ def test_feature_names_pick_the_last_map_of_each_resolution():
     assert bg.feature_names(net, (3, 32, 32), "convs", torch.device("cpu")) == \
         ["features.0", "features.3", "features.6"]
     blocks = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ModuleList([nn.Identity(), nn.Identity()]))
-    assert bg.feature_names(blocks, SHAPE, "convs", torch.device("cpu")) == ["1.0", "1.1"]
+    assert bg.feature_names(blocks, TINY_SHAPE, "convs", torch.device("cpu")) == ["1.0", "1.1"]
 
 
 def test_generator_outputs_the_input_shape():
@@ -106,10 +77,10 @@ def test_gkt_student_is_fresh_and_only_ever_sees_generator_output(monkeypatch):
 
     monkeypatch.setattr(bg, "Generator", RecordingGenerator)
     monkeypatch.setattr(bg, "distill", spy_distill)
-    model = make_net(seed=0, forget_bias=-30.0)  # the gate keeps (almost) every pseudo sample
-    data = make_data(dataset="Digits", retain=False)
+    model = tiny_conv_net(seed=0, forget_bias=-30.0)  # the gate keeps (almost) every pseudo sample
+    data = tiny_unlearn_data(dataset="Digits", retain=False)
     teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
-    fresh_state = make_net(seed=99).state_dict()
+    fresh_state = tiny_conv_net(seed=99).state_dict()
     out = bg.gkt(model, data, hp_for("gkt", data, gkt_recipe="paper", gkt_batches=3), torch.device("cpu"))
 
     assert all(torch.equal(start[k], fresh_state[k]) for k in fresh_state)
@@ -135,9 +106,9 @@ def test_gkt_reference_recipe_starts_from_the_model_with_convs_reinitialised(mon
         return real_distill(teacher, student, generator, forget_label, cfg, names, progress)
 
     monkeypatch.setattr(bg, "distill", spy_distill)
-    model = make_net(seed=0, forget_bias=-30.0)
+    model = tiny_conv_net(seed=0, forget_bias=-30.0)
     teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
-    data = make_data(dataset="Digits", retain=False)
+    data = tiny_unlearn_data(dataset="Digits", retain=False)
     bg.gkt(model, data, hp_for("gkt", data, gkt_batches=1), torch.device("cpu"))  # the default recipe
     state, cfg = start["state"], start["cfg"]
     assert not torch.equal(state["0.weight"], teacher_state["0.weight"])  # conv weights re-initialised
@@ -151,9 +122,9 @@ def test_gkt_refuses_when_the_gate_drops_everything(monkeypatch):
     """A teacher that gives the forget class > 0.01 on every pseudo sample leaves the student
     nothing to learn from: a one-line UserError, not a silently untrained student."""
     monkeypatch.setattr(bg, "GKT_MAX_EMPTY", 3)
-    model = make_net(seed=0, forget_bias=30.0)
+    model = tiny_conv_net(seed=0, forget_bias=30.0)
     with pytest.raises(UserError, match="gate leaves nothing"):
-        data = make_data(dataset="Digits", retain=False)
+        data = tiny_unlearn_data(dataset="Digits", retain=False)
         bg.gkt(model, data, hp_for("gkt", data, gkt_batches=2), torch.device("cpu"))
 
 
@@ -212,7 +183,7 @@ def leaky(x):
 
 def literal_generator(gen, z, shape, width):
     """The docstring's generator with ``gen``'s parameters: z → Linear → (2w, H/4, W/4) → BN →
-    [×2, 3×3 conv, BN, LeakyReLU 0.2] with 2w then w channels → 3×3 conv to C → BN → bilinear
+    [×2, 3×3 conv, BN, LeakyReLU 0.2] with 2w then w channels → 3×3 conv to TINY_CLASSES → BN → bilinear
     resize to (H, W) when needed. Its convolutions and norms, in module order, must have the
     listed shapes."""
     c, h, w = shape
@@ -396,7 +367,7 @@ def cfg_for(**over):
 
 
 def written_kl(s, t, temp):
-    """(1/(B·C)) Σ_b Σ_k p_t (log p_t − log p_s) at temperature ``temp``."""
+    """(1/(B·TINY_CLASSES)) Σ_b Σ_k p_t (log p_t − log p_s) at temperature ``temp``."""
     lt, ls = torch.log_softmax(t / temp, dim=1), torch.log_softmax(s / temp, dim=1)
     return (lt.exp() * (lt - ls)).sum() / t.numel()
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import MAINS, SETTING, Triples, describe, hp_for, run_inprocess
+from helpers import MAINS, MLP_CLASSES, SETTING, describe, double_mlp, double_samples, hp_for, run_inprocess
 from torch.utils.data import DataLoader
 
 import hparams
@@ -41,14 +41,14 @@ def triples(n, seed):
 
 
 def tiny_data(setting="fullclass", net="Tiny", forget_class=0, seed=0, relabel=None):
-    """Forget = the samples of class 0 (random setting: the first 10). ``relabel(y)`` replaces
+    """Forget = the double_samples of class 0 (random setting: the first 10). ``relabel(y)`` replaces
     the labels every loader yields (the images are unchanged)."""
-    samples = triples(48, seed)
+    double_samples = triples(48, seed)
     if setting == "random":
-        forget, retain = samples[:10], samples[10:]
+        forget, retain = double_samples[:10], double_samples[10:]
     else:
-        forget = [s for s in samples if s[2] == 0]
-        retain = [s for s in samples if s[2] != 0]
+        forget = [s for s in double_samples if s[2] == 0]
+        retain = [s for s in double_samples if s[2] != 0]
     if relabel is not None:
         forget = [(x, f, relabel(y)) for x, f, y in forget]
         retain = [(x, f, relabel(y)) for x, f, y in retain]
@@ -166,29 +166,29 @@ def test_negative_ssd_flag_is_a_user_error(flag):
         hp_for("ssd_tuning", SimpleNamespace(setting="random", net="VGG16"), **{flag: -1.0})
 
 
-def slow_fisher(model, samples):
-    """Literal: for each sample and each class y, p(y|x)·(∂ log p(y|x)/∂θ)², mean over samples."""
+def slow_fisher(model, double_samples):
+    """Literal: for each sample and each class y, p(y|x)·(∂ log p(y|x)/∂θ)², mean over double_samples."""
     model.eval()
     params = list(model.parameters())
     total = [torch.zeros_like(p) for p in params]
-    for x, _, _ in samples:
+    for x, _, _ in double_samples:
         logp = F.log_softmax(model(x.unsqueeze(0)), dim=-1)[0]
         for y in range(C):
             grads = torch.autograd.grad(logp[y], params, retain_graph=True)
             for t, g in zip(total, grads):
                 t += logp[y].exp().detach() * g.square()
-    return [t / len(samples) for t in total]
+    return [t / len(double_samples) for t in total]
 
 
 @pytest.mark.parametrize("budget", [None, 2], ids=["one_call", "blocks_of_2_classes"])
 def test_fisher_diagonal_matches_per_sample_per_class_loop(budget, monkeypatch):
     model = tiny_model().eval()
-    samples = triples(13, seed=1)
+    double_samples = triples(13, seed=1)
     if budget is not None:  # force 2 classes and 1 sample per vmapped call
         n_params = sum(p.numel() for p in model.parameters())
         monkeypatch.setitem(bi.FISHER_CHUNK_FLOATS, "cpu", budget * n_params)
-    fast = bi.fisher_diagonal(model, DataLoader(samples, batch_size=5), C, "cpu")
-    slow = slow_fisher(model, samples)
+    fast = bi.fisher_diagonal(model, DataLoader(double_samples, batch_size=5), C, "cpu")
+    slow = slow_fisher(model, double_samples)
     for (name, _), s in zip(model.named_parameters(), slow):
         torch.testing.assert_close(fast[name], s, rtol=1e-4, atol=1e-9)
 
@@ -219,8 +219,8 @@ def literal_mean_var(name, p, fisher, setting, forget_class, alpha):
 @pytest.fixture
 def tiny_fisher():
     model = tiny_model().eval()
-    samples = [s for s in triples(48, 0) if s[2] != 0]
-    return {name: f for (name, _), f in zip(model.named_parameters(), slow_fisher(model, samples))}
+    double_samples = [s for s in triples(48, 0) if s[2] != 0]
+    return {name: f for (name, _), f in zip(model.named_parameters(), slow_fisher(model, double_samples))}
 
 
 @pytest.mark.parametrize("setting", ["fullclass", "subclass", "random"])
@@ -324,25 +324,12 @@ def test_method_runs_end_to_end_and_writes_a_record(e2e_runs, method, main):
 CPU = torch.device("cpu")
 
 
-MLP_CLASSES = 3
-
-
-def mlp(inputs=4, classes=MLP_CLASSES, seed=0, hidden=5):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, classes)).double()
-
-
-def samples(n, inputs=4, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return Triples(torch.randn(n, inputs, generator=g, dtype=torch.float64), torch.arange(n) % MLP_CLASSES)
-
-
 class WithSpare(nn.Module):
     """An MLP with a parameter its forward never uses."""
 
     def __init__(self):
         super().__init__()
-        self.net = mlp()
+        self.net = double_mlp()
         self.spare = nn.Parameter(torch.ones(2, dtype=torch.float64))
 
     def forward(self, x):
@@ -354,7 +341,7 @@ def test_importance_is_the_mean_over_batches_of_the_squared_batch_gradient(batch
     """I = (1/#batches) Σ_batches (∂ CE_batch / ∂θ)², literally per batch; a parameter the
     objective never reaches gets 0 (no error); the objective gets the run's device."""
     model = WithSpare()
-    loader = DataLoader(samples(5), batch_size=batch)
+    loader = DataLoader(double_samples(5), batch_size=batch)
     seen = []
 
     def objective(m, b, device):
@@ -388,17 +375,17 @@ def test_ssd_passes_its_device_to_both_importance_passes(monkeypatch, method):
         return real(model, loader, objective, reduce, device, desc)
 
     monkeypatch.setattr(bi, "importance", record)
-    dl = DataLoader(samples(4), batch_size=2)
-    full = DataLoader(samples(6, seed=2), batch_size=3)
+    dl = DataLoader(double_samples(4), batch_size=2)
+    full = DataLoader(double_samples(6, seed=2), batch_size=3)
     data = UnlearnData(forget_train=dl, retain_train=dl, full_train=full, num_classes=MLP_CLASSES, forget_class=0,
-                       setting="fullclass", dataset="Tiny", net="Tiny", build_fresh=mlp)
+                       setting="fullclass", dataset="Tiny", net="Tiny", build_fresh=double_mlp)
     device = torch.device("cpu")
-    getattr(bi, method)(mlp(), data, hp_for(method, data), device)
+    getattr(bi, method)(double_mlp(), data, hp_for(method, data), device)
     assert calls == [(dl, device), (full, device)]
 
 
 def literal_fisher(model, ds):
-    """Per sample, per class y: p(y|x)·(∂ log p(y|x)/∂θ)², one backward per class; mean over samples."""
+    """Per sample, per class y: p(y|x)·(∂ log p(y|x)/∂θ)², one backward per class; mean over double_samples."""
     params = list(model.parameters())
     total = [torch.zeros_like(p) for p in params]
     for i in range(len(ds)):
@@ -414,11 +401,11 @@ def literal_fisher(model, ds):
                          ids=["one_float64_sample", "budget_not_a_multiple"])
 def test_fisher_diagonal_of_a_float64_model_matches_the_literal_loop(monkeypatch, n, batch, odd_budget):
     """A float64 model's Fisher equals the literal loop to float64 precision, averaged over the
-    samples seen (a single sample included); with a memory budget that is no multiple of the
+    double_samples seen (a single sample included); with a memory budget that is no multiple of the
     parameter count (2 classes per call, the last block partial, one sample per chunk) the chunk
-    stays a whole number of samples, which Tensor.split needs."""
-    model = mlp().eval()
-    ds = samples(n)
+    stays a whole number of double_samples, which Tensor.split needs."""
+    model = double_mlp().eval()
+    ds = double_samples(n)
     if odd_budget:
         n_params = sum(p.numel() for p in model.parameters())
         monkeypatch.setitem(bi.FISHER_CHUNK_FLOATS, "cpu", 2 * n_params + 1)
@@ -432,10 +419,10 @@ def test_fisher_diagonal_of_a_float64_model_matches_the_literal_loop(monkeypatch
 def test_final_layer_names():
     """The final layer's parameter names: prefixed by its module path, bare when the model is
     itself that Linear; a model without one is refused with a message naming the class count."""
-    assert bi.final_layer(mlp(), MLP_CLASSES) == {"2.weight", "2.bias"}
+    assert bi.final_layer(double_mlp(), MLP_CLASSES) == {"2.weight", "2.bias"}
     assert bi.final_layer(nn.Linear(4, MLP_CLASSES), MLP_CLASSES) == {"weight", "bias"}
     with pytest.raises(UserError) as e:
-        bi.final_layer(mlp(), 10)
+        bi.final_layer(double_mlp(), 10)
     assert str(e.value) == "FisherForgetting: the model has no final nn.Linear with 10 outputs"
     with pytest.raises(UserError):
         bi.final_layer(nn.Sequential(nn.Flatten(), nn.Tanh()), MLP_CLASSES)

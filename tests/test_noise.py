@@ -7,46 +7,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Triples, describe, hp_for, run_inprocess
+from helpers import TINY_CLASSES, TINY_SHAPE, Triples, describe, hp_for, run_inprocess, tiny_conv_net, tiny_unlearn_data
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import methods.gkt as bg
 import methods.noise as bn
 from cli import UserError
-from methods import METHODS, UnlearnData
-
-C = 3  # classes of the tiny models
-
-
-SHAPE = (3, 8, 8)
-
+from methods import METHODS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_net(seed=0, forget_bias=None):
-    """A tiny conv net on 3×8×8 with two spatial stages (8×8 and 4×4)."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, C))
-    if forget_bias is not None:  # make the net give the forget class (0) almost no probability
-        with torch.no_grad():
-            net[-1].bias[0] = forget_bias
-    return net
-
-
-def make_data(n=30, forget_class=0, setting="fullclass", dataset="tiny", retain=True, build_fresh=None):
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, *SHAPE, generator=g)
-    y = torch.arange(n) % C
-    forget = Triples(x[y == forget_class] + 5.0, y[y == forget_class])  # bright: easy to recognise
-    keep = Triples(x[y != forget_class], y[y != forget_class])
-    return UnlearnData(
-        forget_train=DataLoader(forget, batch_size=8),
-        retain_train=DataLoader(keep, batch_size=8, shuffle=True) if retain else None,
-        full_train=None, num_classes=C, forget_class=forget_class, setting=setting, dataset=dataset,
-        net="tiny", build_fresh=build_fresh or (lambda: make_net(seed=99)))
 
 
 def ce(model, x, label):
@@ -58,11 +28,11 @@ def ce(model, x, label):
 def test_learnt_noise_moves_the_loss_in_its_direction(maximise):
     """Error-maximising noise raises the model's CE w.r.t. the label; error-minimising lowers
     it; the model itself receives no gradient and keeps its weights."""
-    model = make_net()
+    model = tiny_conv_net()
     with torch.no_grad():  # a confident model, so the CE term is not swamped by the L2 term
         model[-1].weight.mul_(10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    init = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(2))
+    init = torch.randn(8, *TINY_SHAPE, generator=torch.Generator().manual_seed(2))
     noise = bn.learn_noise(model, init, 1, steps=25, lr=0.1, l2=0.1 if maximise else 0.0, maximise=maximise)
     assert noise.shape == init.shape and not noise.requires_grad
     if maximise:
@@ -76,8 +46,8 @@ def test_learnt_noise_moves_the_loss_in_its_direction(maximise):
 def test_learn_noise_matches_a_literal_loop():
     """Oracle: the reference's loop written out — Adam(lr) on the noise, loss
     −CE + l2·mean over the batch of the per-sample sum of squares — gives the same noise."""
-    model = make_net().eval()
-    init = torch.randn(6, *SHAPE, generator=torch.Generator().manual_seed(3))
+    model = tiny_conv_net().eval()
+    init = torch.randn(6, *TINY_SHAPE, generator=torch.Generator().manual_seed(3))
     noise = nn.Parameter(init.clone())
     opt = torch.optim.Adam([noise], lr=0.1)
     for _ in range(5):
@@ -85,7 +55,7 @@ def test_learn_noise_matches_a_literal_loop():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    got = bn.learn_noise(make_net(), init, 2, steps=5, lr=0.1, l2=0.1, maximise=True)
+    got = bn.learn_noise(tiny_conv_net(), init, 2, steps=5, lr=0.1, l2=0.1, maximise=True)
     assert torch.allclose(got, noise.detach(), atol=1e-6)
 
 
@@ -98,7 +68,7 @@ def test_noise_images_reference_keeps_the_channel_count():
 
 def test_retain_subset_takes_the_first_per_class_in_order():
     y = torch.tensor([0, 1, 0, 2, 0, 1, 0])
-    ds = Triples(torch.zeros(7, *SHAPE), y, fine=torch.tensor([5, 5, 6, 7, 6, 8, 6]))
+    ds = Triples(torch.zeros(7, *TINY_SHAPE), y, fine=torch.tensor([5, 5, 6, 7, 6, 8, 6]))
     assert bn.retain_subset(ds, 2).indices == [0, 1, 2, 3, 5]
     assert bn.retain_subset(ds, 1, by_fine=True).indices == [0, 2, 3, 5]  # fine classes 5, 6, 7, 8
 
@@ -119,8 +89,8 @@ def test_unsir_impairs_on_the_noise_batch_plus_retain_then_repairs(monkeypatch, 
     """Impair: noise_repeats copies of the noise (the whole batch, or 3 images in the reference's
     mode) labelled with the forget class, plus the retain subset; repair: the retain subset alone."""
     calls = _record_training(monkeypatch)
-    data = make_data()
-    bn.unsir(make_net(), data, hp_for("UNSIR", data, noise_images=mode), torch.device("cpu"))
+    data = tiny_unlearn_data()
+    bn.unsir(tiny_conv_net(), data, hp_for("UNSIR", data, noise_images=mode), torch.device("cpu"))
     impair, repair = calls
     noise, retain = impair.datasets
     assert len(noise.images) == expected and set(noise.labels) == {0}
@@ -133,9 +103,9 @@ def test_unsir_subclass_labels_the_noise_with_the_coarse_class(monkeypatch):
     """Sub-class: forget_class is a fine label; the noise carries the forgotten samples'
     model (coarse) label."""
     calls = _record_training(monkeypatch)
-    data = make_data()
+    data = tiny_unlearn_data()
     data.forget_class, data.setting = 7, "subclass"  # fine id 7, coarse label 0
-    bn.unsir(make_net(), data, hp_for("UNSIR", data), torch.device("cpu"))
+    bn.unsir(tiny_conv_net(), data, hp_for("UNSIR", data), torch.device("cpu"))
     assert set(calls[0].datasets[0].labels) == {0}
 
 
@@ -144,38 +114,38 @@ def test_emmn_needs_no_retain_data_and_trains_on_labelled_noise(monkeypatch):
     only: for each class noise_batch images labelled with that class."""
     assert METHODS["emmn"].zero_shot and METHODS["gkt"].zero_shot
     calls = _record_training(monkeypatch)
-    data = make_data(retain=False)
+    data = tiny_unlearn_data(retain=False)
     assert data.retain_train is None and data.full_train is None
-    bn.emmn(make_net(), data, hp_for("emmn", data, noise_images="full"), torch.device("cpu"))
+    bn.emmn(tiny_conv_net(), data, hp_for("emmn", data, noise_images="full"), torch.device("cpu"))
     ds = calls[0]
     assert len(calls) == bn.EmmnHP.epochs and all(c is ds for c in calls)
     assert isinstance(ds, bn._Repeated)
-    assert sorted(ds.labels) == sorted(list(range(C)) * bn.EmmnHP.noise_batch)
-    bn.emmn(make_net(), data, hp_for("emmn", data), torch.device("cpu"))  # the reference recipe's default
-    assert sorted(calls[-1].labels) == sorted(list(range(C)) * 3)
+    assert sorted(ds.labels) == sorted(list(range(TINY_CLASSES)) * bn.EmmnHP.noise_batch)
+    bn.emmn(tiny_conv_net(), data, hp_for("emmn", data), torch.device("cpu"))  # the reference recipe's default
+    assert sorted(calls[-1].labels) == sorted(list(range(TINY_CLASSES)) * 3)
 
 
 def test_emmn_changes_the_model(monkeypatch):
-    model = make_net()
+    model = tiny_conv_net()
     before = [p.clone() for p in model.parameters()]
-    data = make_data(retain=False)
+    data = tiny_unlearn_data(retain=False)
     out = bn.emmn(model, data, hp_for("emmn", data, noise_repeats=2), torch.device("cpu"))
     assert out is model and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 @pytest.mark.parametrize("method", [bn.unsir, bn.emmn, bg.gkt])
 def test_methods_refuse_random_forgetting(method):
-    data = make_data()
+    data = tiny_unlearn_data()
     data.forget_class, data.setting = None, "random"
     with pytest.raises(UserError, match="needs a forget class"):
-        method(make_net(), data, SimpleNamespace(seed=0), torch.device("cpu"))
+        method(tiny_conv_net(), data, SimpleNamespace(seed=0), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("method", [bn.emmn, bg.gkt])
 def test_zero_shot_methods_refuse_subclass(method):
-    data = make_data(retain=False, setting="subclass")
+    data = tiny_unlearn_data(retain=False, setting="subclass")
     with pytest.raises(UserError, match="full-class forgetting only"):
-        method(make_net(), data, SimpleNamespace(seed=0), torch.device("cpu"))
+        method(tiny_conv_net(), data, SimpleNamespace(seed=0), torch.device("cpu"))
 
 
 def _record(path):
@@ -309,7 +279,7 @@ def test_shuffled_loader_is_a_seeded_permutation_in_batches():
 
 
 def test_noise_images_reference_mode_with_a_single_image_and_the_mode_message():
-    """Reference mode keeps the first C images (C = channels): with a batch of one image it
+    """Reference mode keeps the first TINY_CLASSES images (TINY_CLASSES = channels): with a batch of one image it
     keeps that one. An unknown mode is named in the error."""
     one = torch.randn(1, 3, 2, 2)
     assert torch.equal(bn.noise_images(one, "reference"), one)

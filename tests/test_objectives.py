@@ -1,9 +1,9 @@
 """Objective-direction tests: each method's inner objective moves the quantity its paper says it
 moves, by the amount its formula says, on tiny hand-made models and tensors.
 
-The oracles write each formula out literally (explicit exp/log sums, loops over samples) and
+The oracles write each formula out literally (explicit exp/log sums, loops over double_samples) and
 take one optimiser step on it, so a flipped sign, a missing scale (SCRUB's T²), a teacher
-matched to the wrong samples or a gate that leaks changes the numbers compared here. Where the
+matched to the wrong double_samples or a gate that leaks changes the numbers compared here. Where the
 optimiser is Adam its first step is (nearly) lr·sign(gradient): those checks see the loss's
 direction and its per-sample composition, not its overall scale, which Adam cancels."""
 import copy
@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Triples, hp_for
+from helpers import MLP_CLASSES, Triples, double_mlp, double_samples, hp_for
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -416,8 +416,8 @@ def test_blindspot_loss_with_temperature_is_the_per_sample_kl_to_its_teacher():
 def test_blindspot_trains_on_the_kl_to_each_samples_chosen_teacher():
     """blindspot() over two epochs (both a single batch: every forget sample and the seeded 30%
     of retain) equals two Adam steps (lr from the table) on the literal loss: KL to a fresh
-    incompetent teacher (data.build_fresh) for forget samples, KL to the original model for
-    retain samples; with the teachers swapped the steps differ."""
+    incompetent teacher (data.build_fresh) for forget double_samples, KL to the original model for
+    retain double_samples; with the teachers swapped the steps differ."""
     data, fresh = blindspot_data()
     model = mlp(12, BC, seed=3)
     competent = frozen(copy.deepcopy(model))
@@ -665,7 +665,7 @@ def gkt_cfg(**over):
 
 def test_gkt_student_step_descends_the_kl_on_the_gated_samples_only():
     """One pseudo batch, no generator step, one student step: the student moves exactly as one
-    Adam step (paper recipe, gradient clipped at 5) on KL(teacher ‖ student) over the samples the
+    Adam step (paper recipe, gradient clipped at 5) on KL(teacher ‖ student) over the double_samples the
     gate keeps, which here are half the batch; with the dropped half included it would differ."""
     gen, teacher, student, x = gkt_case()
     keep = gate(teacher(x), 0)
@@ -691,7 +691,7 @@ def test_gkt_student_step_descends_the_kl_on_the_gated_samples_only():
 
 def test_gkt_generator_step_raises_the_kl_on_the_gated_samples():
     """The generator's step maximises KL(teacher ‖ student) on the gated batch: measured on the
-    same z and the same kept samples, the KL is higher after one step; the student is untouched."""
+    same z and the same kept double_samples, the KL is higher after one step; the student is untouched."""
     gen, teacher, student, x = gkt_case(seed=2)
     keep = gate(teacher(x), 0)
     before = kl_div(student(x[keep]), teacher(x[keep])).item()
@@ -844,25 +844,14 @@ def test_one_epoch_lowers_the_retain_cross_entropy(monkeypatch, method):
     assert len(ce) == 2 and ce[1] < 0.8 * ce[0], ce
 
 
-C = 3
-
-
-def small_mlp(inputs=4, classes=C, seed=0, hidden=5):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, classes)).double()
-
-
-def samples(n, inputs=4, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return Triples(torch.randn(n, inputs, generator=g, dtype=torch.float64), torch.arange(n) % C)
 
 
 @pytest.mark.filterwarnings("error:Implicit dimension choice")
 def test_kl_objectives_and_fisher_name_the_class_dimension():
-    """Every softmax names its class dimension: an implicit one gives the same numbers on [B, C]
+    """Every softmax names its class dimension: an implicit one gives the same numbers on [B, MLP_CLASSES]
     logits but prints torch's deprecation warning on every run."""
     g = torch.Generator().manual_seed(0)
-    s, t, u = (torch.randn(4, C, generator=g) for _ in range(3))
+    s, t, u = (torch.randn(4, MLP_CLASSES, generator=g) for _ in range(3))
     bd.distill_kl(s, t, 2.0)
     bd.blindspot_loss(s, torch.tensor([1, 0, 1, 0]), t, u, 2.0)
-    bi.fisher_diagonal(small_mlp(), DataLoader(samples(2), batch_size=2), C, CPU)
+    bi.fisher_diagonal(double_mlp(), DataLoader(double_samples(2), batch_size=2), MLP_CLASSES, CPU)

@@ -9,22 +9,12 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, _env, describe, run_inprocess
+from helpers import REPO, _env, describe, one_line_error, run_inprocess
 
 import pretrain_model
 from cli import UserError
 from models import SmallCNN
 from utils import load_weights
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, describe(proc)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, describe(proc)
-    for n in needles:
-        assert str(n) in lines[0], describe(proc)
-    return lines[0]
-
 
 PRETRAIN = ["pretrain_model.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10"]
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import describe, run_inprocess
+from helpers import describe, one_line_error, run_inprocess
 
 import report
 import sweep
@@ -164,13 +164,6 @@ def test_help_lists_setting_once(capsys):
     assert "-superclasses" in text and "-sigmas" in text
 
 
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, describe(proc)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, describe(proc)
-    for n in needles:
-        assert str(n) in lines[0], describe(proc)
-    return lines[0]
 
 
 BAD_LISTS = ["1,,2", ",1", "1,", "", " ", "1, ,2", "inf", "-inf", "1,inf", "nan", "0.5,nan", "0", "-1",
