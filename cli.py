@@ -26,16 +26,26 @@ def one_line(message):
     return " ".join(text.split("\n"))
 
 
-def run_cli(main):
-    """Run ``main()``; turn a UserError into a one-line message and exit status 2."""
+def exit_status(main, *args):
+    """Run ``main(*args)``: its exit status (an int it returns, else 0), or 2 after printing a
+    UserError as one line."""
     try:
-        main()
+        status = main(*args)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return status if isinstance(status, int) else 0
+
+
+def run_cli(main):
+    """Run ``main()`` as a script: a UserError is one line and exit status 2, Ctrl-C exit 130."""
+    try:
+        status = exit_status(main)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    if status:
+        sys.exit(status)
 
 
 class Parser(argparse.ArgumentParser):

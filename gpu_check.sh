@@ -134,7 +134,7 @@ done
 
 # 2. the CUDA test tier (on the CPU: collected and skipped)
 t0=$SECONDS
-start tests "$py" -m pytest -q -m gpu -p no:cacheprovider --basetemp "$tmp/pytest" -rs --tb=short tests/test_cuda.py
+start tests "$py" -m pytest -q -m gpu -p no:cacheprovider --basetemp "$tmp/pytest" -rs --tb=short tests/test_cuda.py tests/test_evaluation_wiring.py
 finish tests "$t0"
 tail -c 60000 "$tmp/tests.log" > "$out/gpu-tests.txt"
 

@@ -30,7 +30,7 @@ import stat
 import sys
 from pathlib import Path
 
-from cli import SEED_MAX, UserError, int_in, one_line
+from cli import SEED_MAX, UserError, exit_status, int_in
 from launch import (
     REPO,
     SLOTS,
@@ -285,10 +285,7 @@ def _job_gpus(args):
 
 def cli(argv=None):
     try:
-        return main(argv)
-    except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return exit_status(main, argv)
     except Interrupted as e:
         print("interrupted: rerun the same command to complete the grid", file=sys.stderr)
         return e.exit_code

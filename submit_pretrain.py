@@ -19,7 +19,7 @@ import sys
 import time
 
 import launch
-from cli import UserError, one_line
+from cli import UserError, exit_status
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -130,11 +130,7 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    try:
-        return main(argv)
-    except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+    return exit_status(main, argv)
 
 
 if __name__ == "__main__":

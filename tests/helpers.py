@@ -194,3 +194,68 @@ def hp_for(method, data=None, recipe="reference", **flags):
     context = {k: getattr(data, k) for k in ("net", "dataset", "setting") if data is not None and hasattr(data, k)}
     context["recipe"] = recipe
     return hparams.resolve(m.hparams, m.overrides or hparams.Overrides(), context, flags)
+
+
+def one_line_error(proc, *needles):
+    """The one error line of a finished script that refused its input (exit 2, no traceback),
+    after checking that it holds each of ``needles``."""
+    assert proc.returncode == 2, describe(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, describe(proc)
+    for n in needles:
+        assert str(n) in lines[0], describe(proc)
+    return lines[0]
+
+
+# ---- tiny models and data for the methods' oracles ---------------------------------------------
+
+TINY_CLASSES = 3
+TINY_SHAPE = (3, 8, 8)
+
+
+def tiny_conv_net(seed=0, forget_bias=None):
+    """A tiny conv net on 3×8×8 with two spatial stages (8×8 and 4×4)."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 4 * 4, TINY_CLASSES))
+    if forget_bias is not None:  # make the net give the forget class (0) almost no probability
+        with torch.no_grad():
+            net[-1].bias[0] = forget_bias
+    return net
+
+
+def tiny_unlearn_data(n=30, forget_class=0, setting="fullclass", dataset="tiny", retain=True, build_fresh=None):
+    """UnlearnData over n random 3×8×8 images of TINY_CLASSES classes; the forget class's
+    images are bright (easy to recognise)."""
+    from torch.utils.data import DataLoader
+
+    from registry import UnlearnData
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, *TINY_SHAPE, generator=g)
+    y = torch.arange(n) % TINY_CLASSES
+    forget = Triples(x[y == forget_class] + 5.0, y[y == forget_class])
+    keep = Triples(x[y != forget_class], y[y != forget_class])
+    return UnlearnData(
+        forget_train=DataLoader(forget, batch_size=8),
+        retain_train=DataLoader(keep, batch_size=8, shuffle=True) if retain else None,
+        full_train=None, num_classes=TINY_CLASSES, forget_class=forget_class, setting=setting, dataset=dataset,
+        net="tiny", build_fresh=build_fresh or (lambda: tiny_conv_net(seed=99)))
+
+
+MLP_CLASSES = 3
+
+
+def double_mlp(inputs=4, classes=MLP_CLASSES, seed=0, hidden=5):
+    """A float64 two-layer perceptron, for oracles compared to the last bits."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.Tanh(),
+                               torch.nn.Linear(hidden, classes)).double()
+
+
+def double_samples(n, inputs=4, seed=1):
+    """n float64 samples for double_mlp, labels cycling through its classes."""
+    g = torch.Generator().manual_seed(seed)
+    return Triples(torch.randn(n, inputs, generator=g, dtype=torch.float64), torch.arange(n) % MLP_CLASSES)
+

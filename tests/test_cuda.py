@@ -1,5 +1,5 @@
 """The device path, which the CPU suite cannot see: a tensor left on the CPU, noise drawn on the
-wrong device, bf16 autocast. Tests marked gpu run on one CUDA GPU (about a minute in all;
+wrong device, bf16 autocast (the planted evaluation wiring on CUDA is in test_evaluation_wiring.py). Tests marked gpu run on one CUDA GPU (about a minute in all;
 gpu_check.sh runs them) and are skipped without one. Where the same comparison means something
 on the CPU it runs there too, device "cpu", in the normal suite."""
 import copy
@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-import test_evaluation_wiring as wiring
 import torch
 from helpers import Triples, run_inprocess
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -20,7 +19,6 @@ from methods import METHODS
 from methods.importance import _cross_entropy, fisher_diagonal, importance
 
 CUDA = pytest.param("cuda", marks=pytest.mark.gpu)
-planted = wiring.planted  # the fixture, for the wiring tests on CUDA
 
 # ops that carry a model's work: one of them on the CPU in a CUDA run means a model or a batch
 # was left there (or moved back)
@@ -197,15 +195,3 @@ def test_amp_runs_the_forwards_in_bf16_and_without_it_in_fp32(device, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         _finite_record(results)
         assert watch.conv_dtypes == {dtype} and not watch.off
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", [wiring.test_full_class_record_equals_the_hand_computed_metrics,
-                                  wiring.test_sub_class_record_equals_the_hand_computed_metrics,
-                                  wiring.test_random_record_equals_the_hand_computed_metrics],
-                         ids=["full", "sub", "random"])
-def test_the_planted_evaluation_wiring_holds_on_cuda(case, planted):
-    def on_cuda(*args):
-        return planted(*args, extra=("-gpu", "-workers", "0"))
-    case(on_cuda)
-

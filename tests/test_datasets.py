@@ -1,14 +1,15 @@
-"""Data sets and splits on tiny generated CIFAR files and on Digits."""
+"""Data sets and splits (datasets.py) on tiny generated CIFAR files and on Digits."""
 import re
 
 import numpy as np
 import pytest
 import torch
-from helpers import CIFAR100_COARSE
+from helpers import CIFAR100_COARSE, run_inprocess
 from PIL import Image
 from torchvision import transforms
 
 import datasets
+import models
 from cli import UserError
 
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -25,8 +26,6 @@ def _expected_pixel(row, c, h, w):
     """Normalised value of channel c, pixel (h, w) of a CIFAR row (CHW row-major)."""
     return (row[c * 1024 + h * 32 + w] / 255.0 - datasets.MEAN[c]) / datasets.STD[c]
 
-
-# ---- loading ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,train,n", [
     ("Cifar10", True, 50), ("Cifar10", False, 10),
@@ -131,8 +130,6 @@ def test_missing_cifar10_folder_names_folder_and_files(tmp_path):
     for f in CIFAR10_TRAIN + ["test_batch"]:
         assert f in msg
 
-
-# ---- splits -------------------------------------------------------------------------------
 
 def _labels(ds, fine=False):
     return [int(ds[i][1]) if fine else int(ds[i][2]) for i in range(len(ds))]
@@ -241,8 +238,6 @@ def test_split_random_deterministic_per_seed(cifar10_sets):
     assert set(a.tolist()) != set(c.tolist())
 
 
-# ---- forget targets -----------------------------------------------------------------------
-
 @pytest.mark.parametrize("dataset,target,subclass,want", [
     ("Cifar100", "rocket", False, 69),
     ("Cifar100", "mushroom", False, 51),
@@ -287,8 +282,6 @@ def test_forget_target_id_rejects(dataset, target, subclass):
     with pytest.raises(UserError):
         datasets.forget_target_id(dataset, target, subclass=subclass)
 
-
-# ---- Digits -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def digits():
@@ -338,8 +331,6 @@ def test_digits5_model_label_is_digit_pair(digits):
     assert fine == train.targets[5] and y == train.targets[5] // 2
 
 
-# ---- Pins (ImageFolder of photos) -----------------------------------------------------------
-
 def test_pins_imagefolder_loads_and_splits_per_person(tmp_path):
     folder = tmp_path / "105_classes_pins_dataset"
     rng = np.random.default_rng(0)
@@ -362,8 +353,6 @@ def test_pins_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="105_classes_pins_dataset"):
         datasets.load_dataset("PinsFaceRecognition", str(tmp_path))
 
-
-# ---- batches transformed on the device (evaluation) ------------------------------------------
 
 def _loader_batches(ds, batch):
     return list(torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False))
@@ -406,3 +395,20 @@ def test_device_batches_fall_back_where_they_do_not_apply(cifar, tmp_path):
         Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "105_classes_pins_dataset" / "pins_A" / f"{i}.jpg")
     pins = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True)
     assert datasets.device_batches(torch.utils.data.Subset(pins, [0, 1]), 8, torch.device("cpu")) is None
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "random.pth"
+    torch.save(models.SmallCNN(10).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("perc", ["0.995", "0.9999"])
+def test_a_random_split_leaving_too_few_retained_images_is_refused_with_its_sizes(perc, weights, tmp_path):
+    proc = run_inprocess(["forget_random_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10",
+                          "-forget_perc", perc, "-method", "finetune", "-weight_path", weights,
+                          "-results", tmp_path / "r.jsonl"])
+    assert proc.returncode == 2, proc.stderr
+    assert "training image(s) to retain" in proc.stderr and "to forget" in proc.stderr
+    assert not (tmp_path / "r.jsonl").exists()

@@ -252,3 +252,14 @@ def test_random_record_equals_the_hand_computed_metrics(planted):
              "test": ("test", list(range(N_TEST)))}
     want = expected(split, p, df_batch=128)  # the reference's forget loader, batch 128 whatever -b is
     check(record, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [test_full_class_record_equals_the_hand_computed_metrics,
+                                  test_sub_class_record_equals_the_hand_computed_metrics,
+                                  test_random_record_equals_the_hand_computed_metrics],
+                         ids=["full", "sub", "random"])
+def test_the_planted_evaluation_wiring_holds_on_cuda(case, planted):
+    def on_cuda(*args):
+        return planted(*args, extra=("-gpu", "-workers", "0"))
+    case(on_cuda)

@@ -1,11 +1,16 @@
-"""The mains' command line: every method's hyperparameters resolved by the one resolver with the
-Task's rows, nothing written back into the arguments, and flags of other methods named."""
+"""The mains' command line (flags.py): numeric flags checked before any work, every method's
+hyperparameters resolved by the one resolver with the Task's rows, nothing written back into the
+arguments, and flags of other methods named."""
+
 import pytest
+import torch
+from helpers import run_inprocess
 
 import flags
 import forget_full_class_main as full
 import forget_random_main as rnd
 import forget_sub_class_main as sub
+import models
 
 BASE = {"fullclass": ["-classes", "10", "-forget_class", "3"],
         "subclass": ["-superclasses", "5", "-subclasses", "10", "-forget_class", "3"],
@@ -81,3 +86,37 @@ def test_a_flag_of_other_methods_is_named_in_a_warning(capsys, argv, flag, owner
 def test_a_flag_of_the_chosen_method_or_of_every_run_is_not_warned_about(capsys, argv):
     flags.warn_inapplicable(_args(full, *argv))
     assert capsys.readouterr().err == ""
+
+
+FULL = ["forget_full_class_main.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10", "-forget_class", "3"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "random.pth"
+    torch.save(models.SmallCNN(10).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["-method", "lipschitz_forgetting", "-sigma", "inf"], "-sigma must be > 0"),
+    (["-method", "lipschitz_forgetting", "-eta", "nan"], "-eta must be > 0"),
+    (["-method", "lipschitz_forgetting", "-sigma", "-1"], "-sigma must be > 0"),
+    (["-method", "lipschitz_forgetting", "-n_samples", "0"], "-n_samples must be >= 1"),
+    (["-method", "retrain_full", "-retrain_epochs", "0"], "-retrain_epochs must be >= 1"),
+    (["-method", "retrain_full", "-retrain_epochs", "-1"], "-retrain_epochs must be >= 1"),
+    (["-method", "scrub", "-scrub_alpha", "-1"], "-scrub_alpha must be >= 0"),
+    (["-method", "blindspot", "-bt_retain_frac", "1.5"], "-bt_retain_frac must be in (0, 1]"),
+    (["-method", "gkt", "-gkt_recipe", "other"], "-gkt_recipe"),
+    (["-method", "baseline", "-seed", "-1"], "-seed"),
+    (["-method", "baseline", "-seed", str(2 ** 32)], "-seed"),
+    (["-method", "baseline", "-workers", "-1"], "-workers"),
+    (["-method", "baseline", "-b", "0"], "-b"),
+    (["-method", "baseline", "-relearn_max_steps", "-2"], "-relearn_max_steps"),
+])
+def test_out_of_range_flags_are_one_line_before_any_work(flags, says, weights, tmp_path):
+    results = tmp_path / "r.jsonl"
+    proc = run_inprocess([*FULL, *flags, "-weight_path", weights, "-results", results])
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not results.exists()

@@ -1,18 +1,27 @@
-"""Oracle tests for ``Lipschitz.jit_unlearn`` against a literal, per-perturbation transcription
-of the reference JiT update."""
+"""JiT (Lipschitz.py): jit_unlearn against a literal, per-perturbation transcription of the
+update, its switches, and each main's σ/η/N table."""
 import copy
 
 import pytest
 import torch
 from helpers import Triples
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+import hparams
 import Lipschitz
+from hparams import by_net
+from methods.jit import JIT_OVERRIDES, JitHP
 
 SIGMA = 0.5
+
+
 ETA = 0.05
+
+
 N = 5
+
+
 BATCH = 8
 
 
@@ -189,8 +198,6 @@ def test_rejects_invalid_hyperparameters(kwargs):
     torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
 
 
-# ---- the parity switches: each changes exactly the step it names ---------------------------
-
 def oracle_variant(model, loader, sigma, eta, n, grad="accumulate", reduction="sum", mode="as_loaded"):
     """The literal loop again, with the one step each switch names written differently."""
     was_training = model.training
@@ -255,3 +262,60 @@ def test_eval_switch_differs_from_train_mode_with_dropout():
 def test_unknown_switch_value_is_rejected():
     with pytest.raises(ValueError):
         Lipschitz.jit_unlearn(tiny_conv(), make_loader(), SIGMA, ETA, n_samples=N, progress=False, grad="sometimes")
+
+
+def test_jit_table_rows_vgg16_then_one_per_net_then_vit_chunk():
+    """A main's JIT table becomes: VGG16's row for every run, one row per other named net, after
+    JiT's own table (ViT's chunk); the rows are what -h prints, and resolve picks the net's row,
+    VGG16's for a net without one."""
+    table = {"ViT": dict(sigma=2.0, eta=0.2, n_samples=6), "VGG16": dict(sigma=3.0, eta=0.3, n_samples=7)}
+    assert by_net(table, fallback="VGG16").rows == (({}, table["VGG16"]), (dict(net="ViT"), table["ViT"]))
+    rows = JIT_OVERRIDES + by_net(table, fallback="VGG16")
+    assert rows.rows == (*JIT_OVERRIDES.rows, ({}, table["VGG16"]), (dict(net="ViT"), table["ViT"]))
+    vgg = hparams.resolve(JitHP, rows, dict(net="VGG16"))
+    assert (vgg.sigma, vgg.eta, vgg.n_samples) == (3.0, 0.3, 7)
+    vit = hparams.resolve(JitHP, rows, dict(net="ViT"))
+    assert (vit.sigma, vit.n_samples, vit.chunk) == (2.0, 6, 1024)
+    other = hparams.resolve(JitHP, rows, dict(net="SmallCNN"))
+    assert (other.sigma, other.eta, other.n_samples) == (3.0, 0.3, 7)
+
+
+def run(model, loader, seed=0, **kwargs):
+    model = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    Lipschitz.jit_unlearn(model, loader, SIGMA, ETA, progress=False, **kwargs)
+    return model
+
+
+def test_default_is_25_perturbations():
+    model, loader = tiny_conv(), make_loader(2, 2)
+    torch.testing.assert_close(run(model, loader).state_dict(), run(model, loader, n_samples=25).state_dict(),
+                               rtol=0, atol=0)
+
+
+def test_one_perturbation_is_allowed_and_is_the_reference_step():
+    model, loader = tiny_conv(), make_loader(6, 6)
+    ref = copy.deepcopy(model)
+    torch.manual_seed(0)
+    oracle_jit(ref, loader, SIGMA, ETA, 1)
+    torch.testing.assert_close(run(model, loader, n_samples=1).state_dict(), ref.state_dict(), rtol=1e-5, atol=1e-7)
+
+
+def test_messages():
+    with pytest.raises(ValueError, match=r"^sigma and eta must be > 0 and n_samples >= 1$"):
+        Lipschitz.jit_unlearn(tiny_conv(), make_loader(5, 5), SIGMA, ETA, n_samples=0, progress=False)
+    # a bad mode alone is enough, whatever the other two switches are
+    with pytest.raises(ValueError, match=r"^grad in \('accumulate', 'per_batch'\), reduction in \('sum', 'mean'\), "
+                                         r"mode in \('as_loaded', 'eval'\)$"):
+        Lipschitz.jit_unlearn(tiny_conv(), make_loader(5, 5), SIGMA, ETA, progress=False, mode="train")
+
+
+def test_loader_without_batch_size_and_cpu_noise():
+    # A loader built from a batch sampler has batch_size None; its batches are the same.
+    model, plain = tiny_conv(), make_loader(13, 5)
+    sampled = DataLoader(plain.dataset, batch_sampler=BatchSampler(SequentialSampler(plain.dataset), 5, False))
+    assert sampled.batch_size is None and isinstance(plain.dataset, Triples)
+    want = run(model, plain, n_samples=3).state_dict()
+    torch.testing.assert_close(run(model, sampled, n_samples=3).state_dict(), want, rtol=1e-5, atol=1e-7)
+    # On the CPU the reference's CPU draw is the same draw.
+    torch.testing.assert_close(run(model, plain, n_samples=3, cpu_noise=True).state_dict(), want, rtol=0, atol=0)

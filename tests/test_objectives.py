@@ -1,9 +1,9 @@
 """Objective-direction tests: each method's inner objective moves the quantity its paper says it
 moves, by the amount its formula says, on tiny hand-made models and tensors.
 
-The oracles write each formula out literally (explicit exp/log sums, loops over samples) and
+The oracles write each formula out literally (explicit exp/log sums, loops over double_samples) and
 take one optimiser step on it, so a flipped sign, a missing scale (SCRUB's T²), a teacher
-matched to the wrong samples or a gate that leaks changes the numbers compared here. Where the
+matched to the wrong double_samples or a gate that leaks changes the numbers compared here. Where the
 optimiser is Adam its first step is (nearly) lr·sign(gradient): those checks see the loss's
 direction and its per-sample composition, not its overall scale, which Adam cancels."""
 import copy
@@ -14,9 +14,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Triples, hp_for
+from helpers import MLP_CLASSES, Triples, double_mlp, double_samples, hp_for
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+
+import methods.distill as bd
+import methods.importance as bi
 
 # The code under test, one import per module: when a module moves, only its line here changes.
 from Lipschitz import jit_unlearn
@@ -45,10 +48,9 @@ def home(fn):
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 CPU = torch.device("cpu")
 
-
-# ---- literal formulas ------------------------------------------------------------------------
 
 def log_softmax_rows(z):
     """log softmax written out: z_k − m − log Σ_j exp(z_j − m), m the row maximum."""
@@ -128,9 +130,9 @@ def ce_on(model, x, y):
         return F.cross_entropy(model.eval()(x), torch.as_tensor(y)).item()
 
 
-# ---- UNSIR / emmn: error-maximising and error-minimising noise ------------------------------
-
 NOISE_SHAPE = (3, 4, 4)
+
+
 NOISE_C = 3
 
 
@@ -284,8 +286,6 @@ def test_learn_noise_rests_exactly_where_the_documented_loss_is_stationary(maxim
     assert (moved - 1.1 * start).abs().max() > 0.05  # a point that is not stationary does move
 
 
-# ---- SCRUB -----------------------------------------------------------------------------------
-
 SC = 4  # classes
 
 
@@ -375,8 +375,6 @@ def test_scrub_method_epoch_is_a_max_step_then_a_min_step_of_the_documented_loss
     assert_params_close(moved, expected, rtol=1e-6, atol=1e-14)
 
 
-# ---- bad teacher (blindspot) -----------------------------------------------------------------
-
 BC = 4
 
 
@@ -418,8 +416,8 @@ def test_blindspot_loss_with_temperature_is_the_per_sample_kl_to_its_teacher():
 def test_blindspot_trains_on_the_kl_to_each_samples_chosen_teacher():
     """blindspot() over two epochs (both a single batch: every forget sample and the seeded 30%
     of retain) equals two Adam steps (lr from the table) on the literal loss: KL to a fresh
-    incompetent teacher (data.build_fresh) for forget samples, KL to the original model for
-    retain samples; with the teachers swapped the steps differ."""
+    incompetent teacher (data.build_fresh) for forget double_samples, KL to the original model for
+    retain double_samples; with the teachers swapped the steps differ."""
     data, fresh = blindspot_data()
     model = mlp(12, BC, seed=3)
     competent = frozen(copy.deepcopy(model))
@@ -447,8 +445,6 @@ def test_blindspot_trains_on_the_kl_to_each_samples_chosen_teacher():
     assert_params_close(model, expected, rtol=1e-6, atol=1e-10)
     assert max_diff(expected, swapped) > 0.5 * hp.lr
 
-
-# ---- amnesiac --------------------------------------------------------------------------------
 
 def test_amnesiac_trains_on_forget_samples_relabelled_uniformly_over_the_other_classes(monkeypatch):
     """The data set amnesiac() trains on, every epoch: each forget sample once with a label that
@@ -483,8 +479,6 @@ def test_amnesiac_trains_on_forget_samples_relabelled_uniformly_over_the_other_c
     assert (share[others] - 1 / (C - 1)).abs().max() < 0.04
     assert run(seed=4)[0] == labels and run(seed=5)[0] != labels
 
-
-# ---- SSD dampening ---------------------------------------------------------------------------
 
 def literal_dampen(weights, imp_f, imp_d, alpha, lam):
     out = []
@@ -530,8 +524,6 @@ def test_dampen_matches_a_literal_loop_on_random_importances():
         for got, want in zip(params(m), literal_dampen(before, imp_f, imp_d, alpha, lam)):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
-
-# ---- Fisher forgetting -----------------------------------------------------------------------
 
 A = FisherHP.alpha
 
@@ -594,8 +586,6 @@ def test_fisher_final_layer_forget_row(setting):
         torch.testing.assert_close(var_w, rows[:, None].expand(3, 2), rtol=1e-6, atol=0)
     torch.testing.assert_close(var_b, 10 * elems, rtol=1e-6, atol=0)
 
-
-# ---- GKT -------------------------------------------------------------------------------------
 
 def test_gate_threshold_is_001_by_default_and_keeps_exactly_the_samples_at_or_below_it():
     assert GktHP.threshold == 0.01
@@ -675,7 +665,7 @@ def gkt_cfg(**over):
 
 def test_gkt_student_step_descends_the_kl_on_the_gated_samples_only():
     """One pseudo batch, no generator step, one student step: the student moves exactly as one
-    Adam step (paper recipe, gradient clipped at 5) on KL(teacher ‖ student) over the samples the
+    Adam step (paper recipe, gradient clipped at 5) on KL(teacher ‖ student) over the double_samples the
     gate keeps, which here are half the batch; with the dropped half included it would differ."""
     gen, teacher, student, x = gkt_case()
     keep = gate(teacher(x), 0)
@@ -701,7 +691,7 @@ def test_gkt_student_step_descends_the_kl_on_the_gated_samples_only():
 
 def test_gkt_generator_step_raises_the_kl_on_the_gated_samples():
     """The generator's step maximises KL(teacher ‖ student) on the gated batch: measured on the
-    same z and the same kept samples, the KL is higher after one step; the student is untouched."""
+    same z and the same kept double_samples, the KL is higher after one step; the student is untouched."""
     gen, teacher, student, x = gkt_case(seed=2)
     keep = gate(teacher(x), 0)
     before = kl_div(student(x[keep]), teacher(x[keep])).item()
@@ -716,8 +706,6 @@ def test_gkt_generator_step_raises_the_kl_on_the_gated_samples():
     assert after > before
     assert_params_close(student, student_before, rtol=0, atol=0)
 
-
-# ---- JiT -------------------------------------------------------------------------------------
 
 SIGMA, N_PERT = 0.5, 4
 
@@ -796,8 +784,6 @@ def test_jit_lowers_the_lipschitz_ratio_around_the_forget_samples(seed):
     assert after < 0.98 * before, (before, after)
 
 
-# ---- finetune / retrain ----------------------------------------------------------------------
-
 FC = 4
 
 
@@ -829,7 +815,7 @@ def test_finetune_step_is_sgd_on_the_retain_cross_entropy():
 def test_retrain_full_step_is_sgd_on_the_retain_cross_entropy_from_the_fresh_weights():
     """retrain_full, one epoch of one batch: fresh weights − lr·(∇CE + wd·fresh), lr the data
     set's schedule under -recipe corrected (the one-epoch warm-up is at factor 1 on its only step;
-    the reference's schedule starts at lr 0, see test_fidelity)."""
+    the reference's schedule starts at lr 0, see test_parity.py)."""
     data, x, y, fresh = retain_data(batch=48)
     hp = hp_for("retrain_full", data, recipe="corrected", retrain_epochs=1)
     assert hp.lr == 0.05 and hp.warm_epochs == 1  # Digits' row of the schedule table
@@ -856,3 +842,16 @@ def test_one_epoch_lowers_the_retain_cross_entropy(monkeypatch, method):
     monkeypatch.setattr(home(method), "train_epoch", measured)
     method(mlp(12, FC, seed=1), data, hp, CPU)
     assert len(ce) == 2 and ce[1] < 0.8 * ce[0], ce
+
+
+
+
+@pytest.mark.filterwarnings("error:Implicit dimension choice")
+def test_kl_objectives_and_fisher_name_the_class_dimension():
+    """Every softmax names its class dimension: an implicit one gives the same numbers on [B, MLP_CLASSES]
+    logits but prints torch's deprecation warning on every run."""
+    g = torch.Generator().manual_seed(0)
+    s, t, u = (torch.randn(4, MLP_CLASSES, generator=g) for _ in range(3))
+    bd.distill_kl(s, t, 2.0)
+    bd.blindspot_loss(s, torch.tensor([1, 0, 1, 0]), t, u, 2.0)
+    bi.fisher_diagonal(double_mlp(), DataLoader(double_samples(2), batch_size=2), MLP_CLASSES, CPU)

@@ -92,3 +92,50 @@ def test_other_outputs_refuse_a_pipe_through_the_same_check(tmp_path, script, fl
     assert proc.returncode == 2, describe(proc)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag}") and "named pipe" in lines[0], describe(proc)
+
+
+def _unwritable(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "dir").mkdir()
+    os.symlink(tmp_path / "gone", tmp_path / "broken")
+    cases = {
+        "empty": ("", "is empty"),
+        "blank": ("   ", "is empty"),
+        "a directory": (str(tmp_path / "dir"), "is a directory"),
+        "a folder path": (str(tmp_path / "new") + "/", "names a folder"),
+        "under a file": (str(tmp_path / "file.txt" / "r.jsonl"), "is a file, not a folder"),
+        "deep under a file": (str(tmp_path / "file.txt" / "a" / "b" / "r.jsonl"), "is a file, not a folder"),
+        "read-only place": ("/proc/r.jsonl", "cannot be written"),
+        "a broken link": (str(tmp_path / "broken"), "broken symbolic link"),
+    }
+    if os.geteuid() != 0:  # root writes through permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        (tmp_path / "ro_file").write_text("")
+        os.chmod(tmp_path / "ro_file", 0o444)
+        os.chmod(ro, 0o555)
+        cases["read-only folder"] = (str(ro / "r.jsonl"), "cannot be written")
+        cases["read-only file"] = (str(tmp_path / "ro_file"), "cannot be written")
+    return cases
+
+
+UNWRITABLE = ["empty", "blank", "a directory", "a folder path", "under a file", "deep under a file",
+              "read-only place", "a broken link", "read-only folder", "read-only file"]
+
+
+@pytest.mark.parametrize("case", UNWRITABLE)
+def test_check_writable_refuses_in_one_line_naming_the_flag(tmp_path, case):
+    cases = _unwritable(tmp_path)
+    if case not in cases:
+        pytest.skip("running as root: permission bits do not stop writes")
+    path, what = cases[case]
+    with pytest.raises(UserError) as e:
+        check_writable(path, "-results")
+    assert str(e.value).startswith("-results") and what in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_check_writable_accepts_new_and_existing_files_and_creates_nothing(tmp_path):
+    check_writable(str(tmp_path / "a" / "b" / "r.jsonl"), "-results")
+    (tmp_path / "r.jsonl").write_text("")
+    check_writable(str(tmp_path / "r.jsonl"), "-results")
+    assert sorted(os.listdir(tmp_path)) == ["r.jsonl"]

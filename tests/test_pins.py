@@ -1,5 +1,7 @@
-"""The Pins folder as the loader sees it (hidden entries, 16-bit images), and a Pins pretraining
-that refuses to resume on other data or under another recipe."""
+"""Pins (pins.py): folders too small to split, files that are not images, hidden entries and
+16-bit images, and a Pins pretraining that refuses to resume on other data or another recipe."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +10,11 @@ from PIL import Image
 
 import datasets
 import pins
+from cli import UserError, one_line
 
 FOLDER = "105_classes_pins_dataset"
+
+
 PRETRAIN = ["pretrain_model.py", "-net", "SmallCNN", "-dataset", "PinsFaceRecognition", "-classes", "105",
             "-epochs", "1", "-b", "8"]
 
@@ -111,3 +116,90 @@ def test_resume_refuses_another_recipe(tmp_path):
                       "-pins_split none (now per_person)")
     same = _pretrain(tmp_path, "-recipe", "reference", "-resume", state)
     assert same.returncode == 0 and "nothing to do" in same.stdout, describe(same)
+
+
+def _pins_of_sizes(root, counts, size=(20, 16)):
+    folder = root / "105_classes_pins_dataset"
+    rng = np.random.default_rng(0)
+    for person, n in counts.items():
+        (folder / person).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / person / f"{i}.jpg")
+    return folder
+
+
+@pytest.mark.parametrize("counts, expect", [
+    ({"pins_A": 1}, "pins_A has a single image"),
+    ({"pins_A": 10, "pins_B": 1, "pins_C": 10}, "pins_B has a single image"),
+    ({"pins_A": 1, "pins_B": 1}, "single image"),
+    ({f"pins_{i}": 2 for i in range(5)}, "10 images of 5 people"),
+    ({"pins_A": 2, "pins_B": 2}, "4 images of 2 people"),
+])
+def test_pins_too_small_to_split_is_one_line(tmp_path, counts, expect):
+    folder = _pins_of_sizes(tmp_path, counts)
+    for train in (True, False):
+        with pytest.raises(UserError) as e:
+            datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=train)
+        assert expect in str(e.value) and str(folder) in str(e.value), str(e.value)
+
+
+def test_pins_smallest_splittable_folder_loads(tmp_path):
+    """The size the message asks for is enough (scikit-learn agrees)."""
+    _pins_of_sizes(tmp_path, {"pins_A": 2, "pins_B": 2})
+    with pytest.raises(UserError, match=r"needs at least (\d+) images") as e:
+        datasets.load_dataset("PinsFaceRecognition", str(tmp_path))
+    need = int(str(e.value).rsplit("at least ", 1)[1].split()[0])
+    _pins_of_sizes(tmp_path, {"pins_A": need - need // 2, "pins_B": need // 2})
+    train = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True)
+    test = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=False)
+    assert set(train.targets) == set(test.targets) == {0, 1}
+
+
+UNREADABLE = {
+    "text named .jpg": b"not an image at all\n",
+    "empty .png": b"",
+    "random bytes .jpeg": bytes((i * 31 + 7) % 256 for i in range(2000)),
+    "html named .webp": b"<html><body>404</body></html>",
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_pins_file_that_is_not_an_image_is_named(tmp_path, case):
+    folder = _pins_of_sizes(tmp_path, {"pins_A": 10, "pins_B": 10})
+    bad = folder / "pins_B" / ("bad" + os.path.splitext(case)[1])
+    bad.write_bytes(UNREADABLE[case])
+    with pytest.raises(UserError) as e:
+        datasets.load_dataset("PinsFaceRecognition", str(tmp_path))
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def _truncated_pins(tmp_path):
+    folder = _pins_of_sizes(tmp_path, {"pins_A": 10, "pins_B": 10}, size=(64, 64))
+    for i in range(10):  # cut every image of pins_B: the header is read, the pixels are not there
+        p = folder / "pins_B" / f"{i}.jpg"
+        data = p.read_bytes()
+        p.write_bytes(data[:len(data) * 2 // 3])
+    return folder
+
+
+def test_pins_truncated_image_is_named_when_decoded(tmp_path):
+    folder = _truncated_pins(tmp_path)
+    ds = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True)
+    bad = next(i for i, p in enumerate(ds.paths) if "pins_B" in p)
+    with pytest.raises(UserError) as e:
+        ds[bad]
+    assert "cannot decode image" in str(e.value) and ds.paths[bad] in str(e.value)
+    assert str(folder) in str(e.value)
+
+
+def test_pins_truncated_image_in_a_loader_worker_is_one_line(tmp_path):
+    """A UserError raised in a DataLoader worker comes back with the worker's traceback in its
+    message; cli's one_line keeps the original message."""
+    _truncated_pins(tmp_path)
+    ds = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1)
+    with pytest.raises(UserError) as e:
+        list(loader)
+    assert "Traceback" in str(e.value)  # what cli receives
+    line = one_line(e.value)
+    assert line.startswith("cannot decode image ") and "pins_B" in line and "\n" not in line, line

@@ -1,12 +1,19 @@
-"""report.py's choices, against planted records whose expected table is worked out by hand: which
-retrain a run's Δ columns are measured against, what a row holds fixed (recipe, the flags that
-change a result) and what it averages over (seeds, forget targets), one record per run whatever
-files are read, outputs that are not regular files, and a large σ × η grid condensed to its
-frontier in the table and the plot."""
+"""report.py: the table, CSV and plot from records, against planted records whose expected table
+is worked out by hand: which retrain a run's Δ columns are measured against, what a row holds
+fixed (recipe, the flags that change a result) and what it averages over (seeds, forget targets),
+one record per run whatever files are read, bad lines and files, outputs that are not regular
+files, and a large σ × η grid condensed to its frontier in the table and the plot."""
+import errno
 import json
 import os
+import statistics
+import subprocess
+import sys
 
+import numpy as np
 import pytest
+import torch
+from helpers import REPO, describe, run_inprocess
 
 import report
 from cli import UserError
@@ -32,8 +39,6 @@ def row_of(rows, method, recipe="reference"):
     (row,) = [r for r in rows if r["method"] == method and r["recipe"] == recipe]
     return row
 
-
-# ---- which retrain the Δ columns are measured against ---------------------------------------
 
 def test_the_gaps_use_the_last_healthy_retrain_full_of_the_same_target_seed_recipe_and_pipeline():
     run = rec("finetune", 80.0, 10.0, mia=0.30)
@@ -67,8 +72,6 @@ def test_a_run_without_a_matching_retrain_has_no_gap():
     rows = report.summarise([rec("finetune", 80.0, 10.0, recipe="corrected"), rec("retrain_full", 90.0, 2.0)])
     assert row_of(rows, "finetune", "corrected")["ΔDr"] == ""
 
-
-# ---- what a row holds fixed -------------------------------------------------------------------
 
 def test_recipes_are_rows_of_their_own_with_a_recipe_column():
     rows = report.summarise([rec("scrub", 80.0, 5.0), rec("scrub", 60.0, 1.0, recipe="corrected"),
@@ -108,8 +111,6 @@ def test_jit_rows_are_named_by_sigma_eta_and_switches_not_a_variant():
     assert "variant" not in rows[0]
 
 
-# ---- forgetting-quality table ------------------------------------------------------------------
-
 def fq(method, f, seed=0, recipe="reference", k=6, **flags):
     args = dict(net="SmallCNN", dataset="Digits", seed=seed, recipe=recipe, forget_class="3", K=k, **flags)
     return dict(kind=report.FQ_KIND, setting="fullclass", dataset="Digits", net="SmallCNN", forget="3", seed=seed,
@@ -148,8 +149,6 @@ def test_forgetting_quality_plot_names_made_the_same_by_unsafe_characters_are_nu
                                       "rep-eps-fullclass-Digits-SmallCNN-a_b-K6-s0.png"]
 
 
-# ---- one record per run --------------------------------------------------------------------------
-
 def test_a_file_read_twice_counts_once(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in (rec("finetune", 80.0, 5.0), rec("finetune", 70.0, 5.0, seed=1))))
@@ -169,8 +168,6 @@ def test_duplicates_are_found_by_run_identity_and_the_last_one_read_is_kept(caps
     assert kept == [again, other_seed, fq_twin] + same_without_flags[1:]
     assert "dropped 2 duplicate" in capsys.readouterr().err
 
-
-# ---- outputs ------------------------------------------------------------------------------------
 
 def _results(tmp_path):
     path = tmp_path / "r.jsonl"
@@ -206,8 +203,6 @@ def test_an_output_that_is_an_input_is_refused(tmp_path):
         report.main([str(path), "-out", str(tmp_path / "r")])
     assert json.loads(path.read_text())["method"] == "finetune"
 
-
-# ---- a large grid ---------------------------------------------------------------------------------
 
 def jit(sigma, eta, dr, df, seed=0):
     return rec("lipschitz_forgetting", dr, df, seed=seed, sigma=sigma, eta=eta)
@@ -251,3 +246,219 @@ def test_the_plot_of_a_large_grid_names_only_the_picked_points(monkeypatch, tmp_
     assert len(names) == report.SHOWN_ROWS + 2 and "baseline" in names and "retrain_full" in names
     assert "JiT σ=30, η=0.1" in names and "JiT σ=1, η=0.1" in names  # the frontier's two ends
     assert ax.get_legend().get_texts()[0].get_text() == "JiT (60 rows)"
+
+
+def good(method="baseline", seed=0, dr=90.0, df=10.0, **extra):
+    return dict(setting="fullclass", dataset="Digits", net="SmallCNN", method=method, forget="3", seed=seed,
+                RetainTestAcc=dr, Df=df, MIA=0.5, TestAcc=dr, MethodTime=1.0, **extra)
+
+
+BAD_LINES = {
+    "a list": "[1, 2]",
+    "a string": '"text"',
+    "a number": "42",
+    "null": "null",
+    "an empty object": "{}",
+    "missing keys": '{"method": "baseline", "Df": 1.0}',
+    "setting not text": json.dumps(dict(good(), setting=5)),
+    "Df not numeric": json.dumps(dict(good(), Df="high")),
+    "Dr a boolean": json.dumps(dict(good(), RetainTestAcc=True)),
+    "MIA a list": json.dumps(dict(good(), MIA=[0.5])),
+    "JS an object": json.dumps(dict(good(), JSToRetrain={"v": 1})),
+    "seed a list": json.dumps(dict(good(), seed=[1])),
+    "JiT without sigma": json.dumps(good("lipschitz_forgetting", eta=0.1)),
+    "JiT sigma as text": json.dumps(good("lipschitz_forgetting", sigma="big", eta=0.1)),
+    "args a list": json.dumps(dict(good(), args=[1])),
+    "not JSON": "{oops",
+    "torn line": json.dumps(good())[:40],
+    "deep nesting": "[" * 100000 + "]" * 100000,
+}
+
+
+BAD_BYTES = {"not UTF-8": b'\xff\xfe{"setting": 1}'}
+
+
+def _file(tmp_path, lines, name="r.jsonl"):
+    path = tmp_path / name
+    path.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("case", list(BAD_LINES) + list(BAD_BYTES))
+def test_report_skips_a_bad_line_and_counts_it(tmp_path, capsys, case):
+    bad = BAD_LINES.get(case) or BAD_BYTES[case]
+    path = _file(tmp_path, [json.dumps(good()), bad, json.dumps(good("jit", dr=80.0))])
+    records = report.read_file(str(path))
+    assert [r["method"] for r in records] == ["baseline", "jit"]
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"skipped 1 bad line(s) in {path}: first at line 2 (") and "\n" not in err, err
+
+
+def test_report_counts_every_bad_line_and_names_the_first(tmp_path, capsys):
+    lines = [json.dumps(good())] + list(BAD_LINES.values()) + list(BAD_BYTES.values()) + [json.dumps(good("jit"))]
+    path = _file(tmp_path, lines)
+    assert len(report.read_file(str(path))) == 2
+    err = capsys.readouterr().err
+    assert f"skipped {len(BAD_LINES) + len(BAD_BYTES)} bad line(s) in {path}: first at line 2 " in err
+
+
+@pytest.mark.slow
+def test_report_cli_summarises_around_bad_lines(tmp_path):
+    path = _file(tmp_path, [json.dumps(good()), "[1]", '{"method": "x"}', json.dumps(good("jit", dr=70.0))])
+    proc = run_inprocess(["report.py", path, "-out", tmp_path / "rep"])
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stderr.strip() == f"skipped 2 bad line(s) in {path}: first at line 2 (a JSON list, not an object)"
+    assert "| baseline |" in proc.stdout and "| jit |" in proc.stdout
+    assert (tmp_path / "rep.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("case", ["all bad", "only blank", "only a torn line"])
+def test_report_file_without_records_is_one_line_naming_it(tmp_path, case):
+    lines = {"all bad": list(BAD_LINES.values()), "only blank": ["", "  "],
+             "only a torn line": ['{"setting": "fullc']}[case]
+    path = _file(tmp_path, lines)
+    with pytest.raises(UserError) as e:
+        report.main([str(path), "-out", str(tmp_path / "rep")])
+    assert f"no records in {path}" in str(e.value) and "\n" not in str(e.value)
+    if case == "all bad":
+        assert "first at line 1" in str(e.value)
+
+
+def _binary_files(tmp_path):
+    ckpt = tmp_path / "model.pth"
+    torch.save({"w": torch.zeros(3)}, ckpt)
+    png = tmp_path / "plot.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(png)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(json.dumps(good()).encode() + b"\n" + json.dumps(good()).encode() + b"\nab\0cd\n")
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_bytes(json.dumps(good()).encode("utf-16"))
+    # the line of the first NUL byte: a PNG's signature holds two newlines before its first NUL
+    return {"checkpoint": (ckpt, 1), "png": (png, 3), "NUL on line 3": (mixed, 3), "UTF-16 text": (utf16, 1)}
+
+
+@pytest.mark.parametrize("case", ["checkpoint", "png", "NUL on line 3", "UTF-16 text"])
+def test_report_stops_on_a_binary_file_naming_file_and_line(tmp_path, case):
+    path, line = _binary_files(tmp_path)[case]
+    with pytest.raises(UserError) as e:
+        report.main([str(path), "-out", str(tmp_path / "rep")])
+    assert str(e.value) == f"{path} is not a JSON-lines text file (binary data at line {line})"
+
+
+def test_report_missing_file_and_folder_are_one_line(tmp_path):
+    for path, what in ((tmp_path / "nope.jsonl", "not found"), (tmp_path, "is a directory")):
+        with pytest.raises(UserError, match=what):
+            report.main([str(path), "-out", str(tmp_path / "rep")])
+
+
+def test_report_reads_nan_and_infinity_of_old_files_as_missing(tmp_path):
+    """Files written before records were strict JSON may hold NaN/Infinity tokens."""
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps(good(dr=80.0)) + "\n" + json.dumps(good(dr=90.0)).replace("0.5", "NaN") + "\n"
+                    + json.dumps(good(dr=70.0, df=2.0)).replace("2.0", "Infinity") + "\n")
+    records = report.read_file(str(path))
+    assert records[1]["MIA"] is None and records[2]["Df"] is None
+    (row,) = report.summarise(records)
+    assert row["Dr"].startswith("80.00 ±") and row["MIA"] == "0.500 ± 0.000" and row["Df"].startswith("10.00")
+    report.plot(records, str(tmp_path / "p.png"))
+
+
+def test_report_gap_ignores_a_retrain_record_without_the_metric():
+    recs = [good("retrain_full"), good("jit", dr=80.0)]
+    recs[0]["MIA"] = None
+    rows = {r["method"]: r for r in report.summarise(recs)}
+    assert rows["jit"]["ΔDr"] == "-10.00" and rows["jit"]["ΔMIA"] == ""
+
+
+@pytest.mark.parametrize("out, what", [("", "empty"), ("  ", "empty"), ("folder/", "names a folder"),
+                                       ("FILE/rep", "is a file, not a folder"),
+                                       ("/proc/no-such-place/rep", "cannot be written")])
+def test_report_refuses_an_output_it_cannot_write_before_reading(tmp_path, out, what):
+    (tmp_path / "f.txt").write_text("x")
+    out = out.replace("FILE", str(tmp_path / "f.txt"))
+    with pytest.raises(UserError) as e:
+        report.main([str(tmp_path / "does-not-exist.jsonl"), "-out", out])  # -out is checked first
+    assert what in str(e.value) and "-out" in str(e.value)
+
+
+def test_report_refuses_an_output_prefix_that_is_a_folder_with_the_suffix(tmp_path):
+    (tmp_path / "rep.csv").mkdir()
+    path = _file(tmp_path, [json.dumps(good())])
+    with pytest.raises(UserError, match="rep.csv is a directory"):
+        report.main([str(path), "-out", str(tmp_path / "rep")])
+    assert not (tmp_path / "rep.md").exists()
+
+
+def test_report_retrain_names_are_the_method_registry_s():
+    from methods import METHODS, RETRAIN_METHODS
+
+    assert report.RETRAIN_METHODS is RETRAIN_METHODS and set(RETRAIN_METHODS) <= set(METHODS)
+
+
+@pytest.mark.slow
+def test_report_imports_and_runs_without_torch(tmp_path):
+    path = _file(tmp_path, [json.dumps(good()), json.dumps(good("retrain_full", dr=85.0, df=0.0)), "[bad]"])
+    code = ("import sys\n"
+            "for m in ('torch', 'torchvision', 'transformers'): sys.modules[m] = None\n"
+            "import report\n"
+            "report.main(sys.argv[1:])\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'torch' and sys.modules[m] is not None]\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), "-out", str(tmp_path / "rep")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    assert "| retrain_full |" in proc.stdout and "skipped 1 bad line(s)" in proc.stderr
+    assert (tmp_path / "rep.md").exists()
+
+
+def test_report_disk_full_while_writing_is_one_line(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "plot", full)
+    path = _file(tmp_path, [json.dumps(good())])
+    with pytest.raises(UserError, match="cannot write the report .*No space left on device"):
+        report.main([str(path), "-out", str(tmp_path / "rep")])
+
+
+
+
+def _record(method, seed, dr, df, mia=0.5, t=1.0, dataset="Digits"):
+    return dict(setting="fullclass", dataset=dataset, net="SmallCNN", method=method, seed=seed,
+                RetainTestAcc=dr, Df=df, MIA=mia, TestAcc=dr, MethodTime=t)
+
+
+def test_report_mean_and_std_over_seeds_match_a_recomputation():
+    recs = [_record("jit", 0, 90.0, 10.0, 0.2), _record("jit", 1, 80.0, 30.0, 0.4),
+            _record("jit", 2, 85.0, 20.0, 0.9), _record("baseline", 0, 95.0, 96.0)]
+    rows = {r["method"]: r for r in report.summarise(recs)}
+    dr = [90.0, 80.0, 85.0]
+    mia = [0.2, 0.4, 0.9]
+    assert rows["jit"]["n"] == 3
+    assert rows["jit"]["Dr"] == f"{statistics.mean(dr):.2f} ± {statistics.stdev(dr):.2f}"
+    assert rows["jit"]["MIA"] == f"{statistics.mean(mia):.3f} ± {statistics.stdev(mia):.3f}"
+    assert rows["baseline"]["Df"] == "96.00"  # a single run shows no ± term
+
+
+def test_report_keeps_settings_apart():
+    rows = report.summarise([_record("jit", 0, 90.0, 10.0), _record("jit", 0, 50.0, 5.0, dataset="Cifar10")])
+    assert [(r["dataset"], r["Dr"]) for r in rows] == [("Digits", "90.00"), ("Cifar10", "50.00")]
+
+
+def test_report_cli_prints_a_markdown_table(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(_record(m, 0, 90.0, 1.0)) for m in ("baseline", "jit")) + "\n")
+    proc = subprocess.run(["python", str(REPO / "report.py"), str(path)], capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0
+    assert lines[0].startswith("| setting | dataset | net | recipe | method | n | Dr | Df | MIA")
+    assert len(lines) == 5 and lines[-1].startswith("report: ")
+    for ext in (".md", ".csv", ".png"):
+        assert (tmp_path / f"r-report{ext}").stat().st_size > 0
+
+
+def test_report_cli_rejects_an_empty_file(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    proc = subprocess.run(["python", str(REPO / "report.py"), str(tmp_path / "empty.jsonl")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no records" in proc.stderr

@@ -1,7 +1,6 @@
-"""Hostile flags of sweep.py and pretrain_model.py: σ/η lists with holes or non-finite values, a
-widened grid (reuses what is recorded), out-of-range numbers, an existing -out, outputs that
-cannot be written, a -b that does not split under torchrun, and checkpoints with NaN/inf."""
-import dataclasses
+"""pretrain_model.py's inputs and outputs: numbers out of range and outputs it must not or
+cannot write refused in one line, -overwrite, a torchrun batch that does not split, non-finite
+weights, and full disks that lose no record and no training state."""
 import errno
 import json
 import os
@@ -10,134 +9,16 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, _env, describe, run_inprocess
+from helpers import REPO, _env, describe, one_line_error, run_inprocess
 
 import pretrain_model
-import report
-import sweep
 from cli import UserError
-from datasets import DataHP
 from models import SmallCNN
 from utils import load_weights
 
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, describe(proc)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, describe(proc)
-    for n in needles:
-        assert str(n) in lines[0], describe(proc)
-    return lines[0]
-
-
-# ---- 6. sweep.py -------------------------------------------------------------------------------
-
-BAD_LISTS = ["1,,2", ",1", "1,", "", " ", "1, ,2", "inf", "-inf", "1,inf", "nan", "0.5,nan", "0", "-1",
-             "0.1,-0.2", "1e-400", "abc", "1;2", "1,1", "1,1.0", "0x1"]
-
-
-@pytest.mark.parametrize("text", BAD_LISTS)
-def test_sweep_refuses_a_bad_value_list(text):
-    with pytest.raises(UserError) as e:
-        sweep.float_list(text, "-sigmas")
-    assert str(e.value).startswith("-sigmas ") and "\n" not in str(e.value)
-
-
-def test_sweep_value_lists_that_are_fine():
-    assert sweep.float_list("0.1, 1,2e-3", "-etas") == [0.1, 1.0, 0.002]
-    assert sweep.float_list("5", "-etas") == [5.0]
-
-
-def _sweep_cmd(tmp_path, weights, *extra, sigmas="0.5", etas="0.001"):
-    return ["sweep.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10", "-forget_class", "3",
-            "-weight_path", weights, "-sigmas", sigmas, "-etas", etas, "-n_samples", "3",
-            "-results", tmp_path / "s.jsonl", "-plot", tmp_path / "s.png", "-retrain_dir", tmp_path,
-            "-relearn_max_steps", "0", *extra]
-
-
-@pytest.fixture
-def dummy_weights(tmp_path):
-    """A file that exists: every refusal below comes before the weights are read."""
-    path = tmp_path / "w.pth"
-    torch.save(SmallCNN(10).state_dict(), path)
-    return path
-
-
-@pytest.mark.parametrize("flag, value, needle", [
-    ("-sigmas", "1,,2", "item 2 of 3 is empty"), ("-sigmas", "inf", "finite"), ("-etas", "nan", "finite"),
-    ("-etas", "-0.1", "> 0"), ("-sigmas", "0", "> 0"), ("-sigmas", "2,2", "twice"),
-])
-def test_sweep_script_refuses_bad_lists_in_one_line_before_any_work(tmp_path, dummy_weights, flag, value, needle):
-    kw = {"sigmas": value} if flag == "-sigmas" else {"etas": value}
-    proc = run_inprocess(_sweep_cmd(tmp_path, dummy_weights, **kw))
-    one_line_error(proc, flag, needle)
-    assert not (tmp_path / "s.jsonl").exists() and not (tmp_path / "s.png").exists()
-
-
-@pytest.mark.parametrize("what", ["results is a folder", "results is a checkpoint", "results is empty",
-                                  "plot is a folder", "plot is empty", "plot under a file", "seed -1",
-                                  "seed 2**32"])
-def test_sweep_refuses_unwritable_outputs_and_bad_seeds_before_any_work(tmp_path, dummy_weights, what):
-    (tmp_path / "folder").mkdir()
-    extra, flag = {
-        "results is a folder": (("-results", tmp_path / "folder"), "-results"),
-        "results is a checkpoint": (("-results", dummy_weights), "-results"),
-        "results is empty": (("-results", ""), "-results"),
-        "plot is a folder": (("-plot", tmp_path / "folder"), "-plot"),
-        "plot is empty": (("-plot", ""), "-plot"),
-        "plot under a file": (("-plot", dummy_weights / "p.png"), "-plot"),
-        "seed -1": (("-seed", "-1"), "-seed"),
-        "seed 2**32": (("-seed", str(2**32)), "-seed"),
-    }[what]
-    before = dummy_weights.read_bytes()
-    one_line_error(run_inprocess(_sweep_cmd(tmp_path, dummy_weights, *extra)), flag)
-    assert dummy_weights.read_bytes() == before and not (tmp_path / "s.jsonl").exists()
-
-
-def _rec(setting="fullclass", **args):
-    base = dict(net="SmallCNN", dataset="Digits", method="lipschitz_forgetting", sigma=0.5, eta=0.001, seed=0)
-    return {"setting": setting, "method": "lipschitz_forgetting", "args": dict(base, **args)}
-
-
-def test_sweep_point_identity_ignores_the_grid_and_the_plot():
-    import argparse
-
-    want = argparse.Namespace(**_rec()["args"])
-    old_sweep = _rec(sigmas="0.5", etas="0.001", plot="a.png", all_switches=False, setting="fullclass")
-    assert sweep.find_point([old_sweep], "fullclass", want) is old_sweep
-    assert sweep.find_point([_rec()], "fullclass", want) is not None  # a main's record with the same flags
-    others = [_rec(sigma=2.0), _rec(eta=0.01), _rec(seed=1), _rec("subclass"), [1], {"args": [1]}, "x",
-              {"setting": "fullclass"}]
-    assert sweep.find_point(others, "fullclass", want) is None
-
-
-@pytest.mark.slow
-def test_widening_the_grid_runs_only_the_new_points(smallcnn_ckpt, tmp_path):
-    results = tmp_path / "s.jsonl"
-    results.write_text(json.dumps(dict(setting="fullclass", dataset="Digits", net="SmallCNN", method="retrain_full",
-                                       forget="3", seed=0, recipe="reference", pipeline=dataclasses.asdict(DataHP()),
-                                       RetainTestAcc=90.0, Df=0.0)) + "\n")
-    first = run_inprocess(_sweep_cmd(tmp_path, smallcnn_ckpt))
-    assert first.returncode == 0, describe(first)
-    wider = _sweep_cmd(tmp_path, smallcnn_ckpt, sigmas="0.5,2", etas="0.001,0.01")
-    wider[wider.index("-plot") + 1] = tmp_path / "wider.png"
-    second = run_inprocess(wider)
-    assert second.returncode == 0, describe(second)
-    assert "reused: baseline" in second.stdout and "reused: lipschitz_forgetting σ=0.5 η=0.001" in second.stdout
-    recs = [json.loads(line) for line in results.read_text().splitlines()]
-    methods = [r["method"] for r in recs]
-    assert methods.count("baseline") == 1 and methods.count("retrain_full") == 1
-    points = sorted((r["sigma"], r["eta"]) for r in recs if r["method"] == "lipschitz_forgetting")
-    assert points == [(0.5, 0.001), (0.5, 0.01), (2.0, 0.001), (2.0, 0.01)]
-    assert all("sigmas" not in r.get("args", {}) for r in recs)
-    assert {row["n"] for row in report.summarise(recs)} == {1}
-    third = run_inprocess(wider)  # nothing left to run
-    assert third.returncode == 0 and len(results.read_text().splitlines()) == len(recs), describe(third)
-
-
-# ---- 7. pretrain_model.py ----------------------------------------------------------------------
-
 PRETRAIN = ["pretrain_model.py", "-net", "SmallCNN", "-dataset", "Digits", "-classes", "10"]
+
+
 BAD_FLAGS = [("-epochs", "-1"), ("-epochs", "0"), ("-epochs", "2.5"), ("-workers", "-1"), ("-seed", "-1"),
              ("-seed", str(2**32)), ("-seed", str(2**64)), ("-seed", "1e3"), ("-b", "0"), ("-b", "-64"),
              ("-lr", "nan"), ("-lr", "inf"), ("-lr", "-inf"), ("-lr", "0"), ("-lr", "-0.1"), ("-warm", "-1"),
@@ -209,8 +90,6 @@ def test_torchrun_batch_that_does_not_split_exits_every_worker_cleanly(tmp_path)
     assert "exitcode  : 2" in text and not (tmp_path / "m.pth").exists()
 
 
-# ---- checkpoints with NaN or inf ---------------------------------------------------------------
-
 @pytest.mark.parametrize("where, value", [("features.0.weight", float("nan")), ("fc.bias", float("inf")),
                                           ("classifier.1.weight", float("-inf")), ("fc.weight", float("nan"))])
 def test_non_finite_weights_are_refused_naming_the_file(tmp_path, where, value):
@@ -255,8 +134,6 @@ def test_pretrain_disk_full_at_a_save_is_one_line_saying_what_is_kept(tmp_path, 
     assert msg.startswith(f"cannot save {tmp_path / 'm.pth'} after epoch {epoch}: No space left on device")
     assert (f"-resume {state}" in msg) == state_exists and ("nothing was saved" in msg) != state_exists
 
-
-# ---- a full disk, for real where the machine allows a tiny tmpfs ---------------------------------
 
 def test_torch_saves_failed_write_is_an_oserror(tmp_path, monkeypatch):
     """torch.save's zip writer reports a failed write as a RuntimeError; atomic_save turns it

@@ -1,5 +1,6 @@
-"""SSD, LF-SSD and Fisher forgetting (baselines_importance.py): each checked against a literal,
-slow oracle on a tiny model, plus one end-to-end run per main that offers the method."""
+"""SSD, LF-SSD and Fisher forgetting (methods/importance.py): each against a literal, slow
+oracle on a tiny model (per-sample and per-batch loops), plus one end-to-end run per main that
+offers the method."""
 import copy
 import json
 from dataclasses import replace
@@ -9,11 +10,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import MAINS, SETTING, describe, hp_for, run_inprocess
+from helpers import MAINS, MLP_CLASSES, SETTING, describe, double_mlp, double_samples, hp_for, run_inprocess
 from torch.utils.data import DataLoader
 
 import hparams
 import methods.importance as bi
+from cli import UserError
 from methods import METHODS, UnlearnData
 
 C = 5  # classes of the tiny model
@@ -39,14 +41,14 @@ def triples(n, seed):
 
 
 def tiny_data(setting="fullclass", net="Tiny", forget_class=0, seed=0, relabel=None):
-    """Forget = the samples of class 0 (random setting: the first 10). ``relabel(y)`` replaces
+    """Forget = the double_samples of class 0 (random setting: the first 10). ``relabel(y)`` replaces
     the labels every loader yields (the images are unchanged)."""
-    samples = triples(48, seed)
+    double_samples = triples(48, seed)
     if setting == "random":
-        forget, retain = samples[:10], samples[10:]
+        forget, retain = double_samples[:10], double_samples[10:]
     else:
-        forget = [s for s in samples if s[2] == 0]
-        retain = [s for s in samples if s[2] != 0]
+        forget = [s for s in double_samples if s[2] == 0]
+        retain = [s for s in double_samples if s[2] != 0]
     if relabel is not None:
         forget = [(x, f, relabel(y)) for x, f, y in forget]
         retain = [(x, f, relabel(y)) for x, f, y in retain]
@@ -57,8 +59,6 @@ def tiny_data(setting="fullclass", net="Tiny", forget_class=0, seed=0, relabel=N
         num_classes=C, forget_class=None if setting == "random" else forget_class, setting=setting,
         dataset="Tiny", net=net, build_fresh=tiny_model)
 
-
-# ---- SSD / LF-SSD -------------------------------------------------------------------------
 
 def slow_importance(model, loader, loss_of, reduce):
     """Literal per-batch loop: zero the grads, backward the batch loss, add reduce(grad)."""
@@ -75,6 +75,8 @@ def slow_importance(model, loader, loss_of, reduce):
 
 
 CE = (lambda out, y: F.cross_entropy(out, y), torch.square)
+
+
 LF = (lambda out, y: out.pow(2).sum(dim=1).mean(), torch.abs)
 
 
@@ -164,31 +166,29 @@ def test_negative_ssd_flag_is_a_user_error(flag):
         hp_for("ssd_tuning", SimpleNamespace(setting="random", net="VGG16"), **{flag: -1.0})
 
 
-# ---- Fisher forgetting --------------------------------------------------------------------
-
-def slow_fisher(model, samples):
-    """Literal: for each sample and each class y, p(y|x)·(∂ log p(y|x)/∂θ)², mean over samples."""
+def slow_fisher(model, double_samples):
+    """Literal: for each sample and each class y, p(y|x)·(∂ log p(y|x)/∂θ)², mean over double_samples."""
     model.eval()
     params = list(model.parameters())
     total = [torch.zeros_like(p) for p in params]
-    for x, _, _ in samples:
+    for x, _, _ in double_samples:
         logp = F.log_softmax(model(x.unsqueeze(0)), dim=-1)[0]
         for y in range(C):
             grads = torch.autograd.grad(logp[y], params, retain_graph=True)
             for t, g in zip(total, grads):
                 t += logp[y].exp().detach() * g.square()
-    return [t / len(samples) for t in total]
+    return [t / len(double_samples) for t in total]
 
 
 @pytest.mark.parametrize("budget", [None, 2], ids=["one_call", "blocks_of_2_classes"])
 def test_fisher_diagonal_matches_per_sample_per_class_loop(budget, monkeypatch):
     model = tiny_model().eval()
-    samples = triples(13, seed=1)
+    double_samples = triples(13, seed=1)
     if budget is not None:  # force 2 classes and 1 sample per vmapped call
         n_params = sum(p.numel() for p in model.parameters())
         monkeypatch.setitem(bi.FISHER_CHUNK_FLOATS, "cpu", budget * n_params)
-    fast = bi.fisher_diagonal(model, DataLoader(samples, batch_size=5), C, "cpu")
-    slow = slow_fisher(model, samples)
+    fast = bi.fisher_diagonal(model, DataLoader(double_samples, batch_size=5), C, "cpu")
+    slow = slow_fisher(model, double_samples)
     for (name, _), s in zip(model.named_parameters(), slow):
         torch.testing.assert_close(fast[name], s, rtol=1e-4, atol=1e-9)
 
@@ -219,8 +219,8 @@ def literal_mean_var(name, p, fisher, setting, forget_class, alpha):
 @pytest.fixture
 def tiny_fisher():
     model = tiny_model().eval()
-    samples = [s for s in triples(48, 0) if s[2] != 0]
-    return {name: f for (name, _), f in zip(model.named_parameters(), slow_fisher(model, samples))}
+    double_samples = [s for s in triples(48, 0) if s[2] != 0]
+    return {name: f for (name, _), f in zip(model.named_parameters(), slow_fisher(model, double_samples))}
 
 
 @pytest.mark.parametrize("setting", ["fullclass", "subclass", "random"])
@@ -290,8 +290,6 @@ def test_fisher_budget_uses_a_seeded_subset_of_retain(monkeypatch):
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
 
 
-# ---- end to end ---------------------------------------------------------------------------
-
 CASES = [(m, main) for m in ("ssd_tuning", "lfssd_tuning", "FisherForgetting") for main in MAINS]
 
 
@@ -321,3 +319,110 @@ def test_method_runs_end_to_end_and_writes_a_record(e2e_runs, method, main):
     else:  # the resolved α, λ of the setting's table (SmallCNN: the default row) are recorded
         want = hp_for(method, SimpleNamespace(setting=SETTING[main], net="SmallCNN"))
         assert (rec["hparams"]["alpha"], rec["hparams"]["lam"]) == (want.alpha, want.lam)
+
+
+CPU = torch.device("cpu")
+
+
+class WithSpare(nn.Module):
+    """An MLP with a parameter its forward never uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = double_mlp()
+        self.spare = nn.Parameter(torch.ones(2, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("batch", [5, 2], ids=["one_batch", "three_batches"])
+def test_importance_is_the_mean_over_batches_of_the_squared_batch_gradient(batch):
+    """I = (1/#batches) Σ_batches (∂ CE_batch / ∂θ)², literally per batch; a parameter the
+    objective never reaches gets 0 (no error); the objective gets the run's device."""
+    model = WithSpare()
+    loader = DataLoader(double_samples(5), batch_size=batch)
+    seen = []
+
+    def objective(m, b, device):
+        seen.append(device)
+        return bi._cross_entropy(m, b, device)
+
+    got = bi.importance(model, loader, objective, torch.square, CPU, "test")
+    spare, *params = model.parameters()  # a module's own parameters come before its children's
+    assert spare is model.spare
+    want = [torch.zeros_like(p) for p in params]
+    batches = list(loader)
+    for x, _, y in batches:
+        logp = torch.log_softmax(model(x), dim=1)
+        loss = -sum(logp[i, int(y[i])] for i in range(len(y))) / len(y)
+        for w, g in zip(want, torch.autograd.grad(loss, params)):
+            w += g.square() / len(batches)
+    assert len(got) == 1 + len(params) and seen == [CPU] * len(batches)
+    assert torch.equal(got[0], torch.zeros(2, dtype=torch.float64))
+    for g, w in zip(got[1:], want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["ssd_tuning", "lfssd_tuning"])
+def test_ssd_passes_its_device_to_both_importance_passes(monkeypatch, method):
+    """Both importances (forget set, then full set) are computed on the run's device."""
+    calls = []
+    real = bi.importance
+
+    def record(model, loader, objective, reduce, device, desc):
+        calls.append((loader, device))
+        return real(model, loader, objective, reduce, device, desc)
+
+    monkeypatch.setattr(bi, "importance", record)
+    dl = DataLoader(double_samples(4), batch_size=2)
+    full = DataLoader(double_samples(6, seed=2), batch_size=3)
+    data = UnlearnData(forget_train=dl, retain_train=dl, full_train=full, num_classes=MLP_CLASSES, forget_class=0,
+                       setting="fullclass", dataset="Tiny", net="Tiny", build_fresh=double_mlp)
+    device = torch.device("cpu")
+    getattr(bi, method)(double_mlp(), data, hp_for(method, data), device)
+    assert calls == [(dl, device), (full, device)]
+
+
+def literal_fisher(model, ds):
+    """Per sample, per class y: p(y|x)·(∂ log p(y|x)/∂θ)², one backward per class; mean over double_samples."""
+    params = list(model.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(len(ds)):
+        logp = torch.log_softmax(model(ds[i][0][None]), dim=1)[0]
+        for y in range(MLP_CLASSES):
+            grads = torch.autograd.grad(logp[y], params, retain_graph=True)
+            for t, g in zip(total, grads):
+                t += logp[y].exp().detach() * g.square()
+    return [t / len(ds) for t in total]
+
+
+@pytest.mark.parametrize("n, batch, odd_budget", [(1, 1, False), (5, 2, True)],
+                         ids=["one_float64_sample", "budget_not_a_multiple"])
+def test_fisher_diagonal_of_a_float64_model_matches_the_literal_loop(monkeypatch, n, batch, odd_budget):
+    """A float64 model's Fisher equals the literal loop to float64 precision, averaged over the
+    double_samples seen (a single sample included); with a memory budget that is no multiple of the
+    parameter count (2 classes per call, the last block partial, one sample per chunk) the chunk
+    stays a whole number of double_samples, which Tensor.split needs."""
+    model = double_mlp().eval()
+    ds = double_samples(n)
+    if odd_budget:
+        n_params = sum(p.numel() for p in model.parameters())
+        monkeypatch.setitem(bi.FISHER_CHUNK_FLOATS, "cpu", 2 * n_params + 1)
+    got = bi.fisher_diagonal(model, DataLoader(ds, batch_size=batch), MLP_CLASSES, CPU)
+    want = literal_fisher(model, ds)
+    for (name, _), w in zip(model.named_parameters(), want):
+        assert got[name].dtype == torch.float64
+        torch.testing.assert_close(got[name], w, rtol=1e-10, atol=1e-14)
+
+
+def test_final_layer_names():
+    """The final layer's parameter names: prefixed by its module path, bare when the model is
+    itself that Linear; a model without one is refused with a message naming the class count."""
+    assert bi.final_layer(double_mlp(), MLP_CLASSES) == {"2.weight", "2.bias"}
+    assert bi.final_layer(nn.Linear(4, MLP_CLASSES), MLP_CLASSES) == {"weight", "bias"}
+    with pytest.raises(UserError) as e:
+        bi.final_layer(double_mlp(), 10)
+    assert str(e.value) == "FisherForgetting: the model has no final nn.Linear with 10 outputs"
+    with pytest.raises(UserError):
+        bi.final_layer(nn.Sequential(nn.Flatten(), nn.Tanh()), MLP_CLASSES)

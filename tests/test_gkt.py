@@ -1,31 +1,151 @@
-"""Cases added for mutants of methods/gkt.py and methods/noise.py that the other tests let
-survive (docs/testing.md): each pins a behaviour that a one-token change to the code would
-alter — the generator's layers as its docstring lists them, the gate's "at most" rule, the
-distillation steps against written-out Adam steps, the give-up counting and its messages, the
-hooks, and how noise.py reads labels and shuffles."""
+"""gkt (methods/gkt.py): the generator, gate, KL and attention transfer, the student and generator
+steps against written-out Adam steps, the give-up rules, and the ViT forward."""
 import copy
 import dataclasses
 import math
 import warnings
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Triples, hp_for
+from helpers import TINY_SHAPE, Triples, hp_for, tiny_conv_net, tiny_unlearn_data
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
+import hparams
 import methods.gkt as bg
-import methods.noise as bn
+import models
 from cli import UserError
 from methods import UnlearnData
 
+
+def test_gate_drops_samples_the_teacher_gives_the_forget_class_over_threshold():
+    probs = torch.tensor([[0.005, 0.5, 0.495], [0.02, 0.49, 0.49], [0.0099, 0.99, 0.0001], [0.9, 0.05, 0.05]])
+    keep = bg.gate(probs.log(), forget_label=0, threshold=0.01)
+    assert keep.tolist() == [True, False, True, False]
+    assert bg.gate(probs.log(), forget_label=2, threshold=0.01).tolist() == [False, False, True, False]
+
+
+def test_kl_div_matches_torch_mean_reduction():
+    s, t = torch.randn(5, 4), torch.randn(5, 4)
+    expected = F.kl_div(F.log_softmax(s / 2, 1), F.softmax(t / 2, 1), reduction="sum") / s.numel()
+    assert bg.kl_div(s, t, 2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_attention_loss_is_zero_for_equal_maps_and_ignores_scale():
+    f = torch.randn(2, 4, 5, 5)
+    assert bg.attention_loss([f], [3 * f]).item() == pytest.approx(0.0, abs=1e-7)
+    assert bg.attention_loss([f], [torch.randn(2, 4, 5, 5)]).item() > 0
+
+
+def test_feature_names_pick_the_last_map_of_each_resolution():
+    net = models.SmallCNN(10)
+    assert bg.feature_names(net, (3, 32, 32), "stages", torch.device("cpu")) == \
+        ["features.1", "features.4", "features.7", "features.8"]
+    assert bg.feature_names(net, (3, 32, 32), "convs", torch.device("cpu")) == \
+        ["features.0", "features.3", "features.6"]
+    blocks = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ModuleList([nn.Identity(), nn.Identity()]))
+    assert bg.feature_names(blocks, TINY_SHAPE, "convs", torch.device("cpu")) == ["1.0", "1.1"]
+
+
+def test_generator_outputs_the_input_shape():
+    for shape in [(3, 32, 32), (3, 8, 8), (1, 10, 14)]:
+        assert bg.Generator(shape, 16, 4)(torch.randn(5, 16)).shape == (5, *shape)
+
+
+def test_gkt_student_is_fresh_and_only_ever_sees_generator_output(monkeypatch):
+    """The student starts from build_fresh()'s weights, not the model's; every batch it is fed
+    is (a gated part of) a generator output and none holds a real forget image; the trained
+    student's weights end up in the returned model."""
+    generated, fed, start = [], [], {}
+
+    class RecordingGenerator(bg.Generator):
+        def forward(self, z):
+            x = super().forward(z)
+            generated.append(x.detach().clone())
+            return x
+
+    real_distill = bg.distill
+
+    def spy_distill(teacher, student, *a, **k):
+        start.update({k_: v.clone() for k_, v in student.state_dict().items()})
+        student.register_forward_pre_hook(lambda mod, inp: fed.append(inp[0].detach().clone()))
+        out = real_distill(teacher, student, *a, **k)
+        start["final"] = {k_: v.clone() for k_, v in out.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(bg, "Generator", RecordingGenerator)
+    monkeypatch.setattr(bg, "distill", spy_distill)
+    model = tiny_conv_net(seed=0, forget_bias=-30.0)  # the gate keeps (almost) every pseudo sample
+    data = tiny_unlearn_data(dataset="Digits", retain=False)
+    teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh_state = tiny_conv_net(seed=99).state_dict()
+    out = bg.gkt(model, data, hp_for("gkt", data, gkt_recipe="paper", gkt_batches=3), torch.device("cpu"))
+
+    assert all(torch.equal(start[k], fresh_state[k]) for k in fresh_state)
+    assert any(not torch.equal(start[k], teacher_state[k]) for k in teacher_state)
+    assert len(fed) == 3 * (1 + hp_for("gkt", data, gkt_recipe="paper").n_student)  # one generator step + n_student per pseudo batch
+    real = torch.stack([x for x, _, _ in data.forget_train.dataset]).flatten(1)
+    pool = torch.cat(generated).flatten(1)
+    for x in fed:
+        x = x.flatten(1)
+        exact = "donot_use_mm_for_euclid_dist"
+        assert torch.cdist(x, pool, compute_mode=exact).min(1).values.max() < 1e-5  # every row was generated
+        assert torch.cdist(x, real, compute_mode=exact).min() > 1.0  # and none is a real forget image
+    assert out is model
+    assert all(torch.equal(v, start["final"][k]) for k, v in model.state_dict().items())
+
+
+def test_gkt_reference_recipe_starts_from_the_model_with_convs_reinitialised(monkeypatch):
+    start = {}
+    real_distill = bg.distill
+
+    def spy_distill(teacher, student, generator, forget_label, cfg, names=(), progress=True):
+        start.update(state={k: v.clone() for k, v in student.state_dict().items()}, cfg=cfg, names=names)
+        return real_distill(teacher, student, generator, forget_label, cfg, names, progress)
+
+    monkeypatch.setattr(bg, "distill", spy_distill)
+    model = tiny_conv_net(seed=0, forget_bias=-30.0)
+    teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
+    data = tiny_unlearn_data(dataset="Digits", retain=False)
+    bg.gkt(model, data, hp_for("gkt", data, gkt_batches=1), torch.device("cpu"))  # the default recipe
+    state, cfg = start["state"], start["cfg"]
+    assert not torch.equal(state["0.weight"], teacher_state["0.weight"])  # conv weights re-initialised
+    assert torch.equal(state["0.bias"], teacher_state["0.bias"])  # everything else copied
+    assert torch.equal(state["6.weight"], teacher_state["6.weight"])
+    assert cfg["beta"] == 5.0 and cfg["n_gen"] == 2 and cfg["opt"] == "sgd"
+    assert start["names"] == ["0", "3"]
+
+
+def test_gkt_refuses_when_the_gate_drops_everything(monkeypatch):
+    """A teacher that gives the forget class > 0.01 on every pseudo sample leaves the student
+    nothing to learn from: a one-line UserError, not a silently untrained student."""
+    monkeypatch.setattr(bg, "GKT_MAX_EMPTY", 3)
+    model = tiny_conv_net(seed=0, forget_bias=30.0)
+    with pytest.raises(UserError, match="gate leaves nothing"):
+        data = tiny_unlearn_data(dataset="Digits", retain=False)
+        bg.gkt(model, data, hp_for("gkt", data, gkt_batches=2), torch.device("cpu"))
+
+
+def test_gkt_config_tables():
+    def cfg(net, dataset, **flags):
+        return hp_for("gkt", SimpleNamespace(net=net, dataset=dataset, setting="fullclass"), **flags)
+
+    full = cfg("VGG16", "Cifar100", recipe="corrected")
+    assert (full.batch, full.n_gen, full.n_student, full.pseudo_batches) == (256, 1, 10, 4000)
+    assert (full.g_lr, full.s_lr, full.beta, full.threshold) == (1e-3, 2e-3, 250.0, 0.01)
+    assert cfg("ViT", "Cifar100", recipe="corrected").beta == 0.0
+    assert cfg("ViT", "Cifar100").pseudo_batches == 101
+    assert cfg("VGG16", "Cifar100").beta == 5.0
+    assert cfg("VGG16", "Cifar100", gkt_recipe="paper").pseudo_batches == 4000
+    assert cfg("SmallCNN", "Digits").pseudo_batches == 100
+    with pytest.raises(hparams.InvalidValue, match="-gkt_batches"):
+        cfg("SmallCNN", "Digits", gkt_batches=0)
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-# ---- the generator, layer by layer from its docstring ------------------------------------------
 
 def up2(x):
     """Nearest-neighbour ×2 upsampling: every pixel repeated along both spatial axes."""
@@ -63,7 +183,7 @@ def leaky(x):
 
 def literal_generator(gen, z, shape, width):
     """The docstring's generator with ``gen``'s parameters: z → Linear → (2w, H/4, W/4) → BN →
-    [×2, 3×3 conv, BN, LeakyReLU 0.2] with 2w then w channels → 3×3 conv to C → BN → bilinear
+    [×2, 3×3 conv, BN, LeakyReLU 0.2] with 2w then w channels → 3×3 conv to TINY_CLASSES → BN → bilinear
     resize to (H, W) when needed. Its convolutions and norms, in module order, must have the
     listed shapes."""
     c, h, w = shape
@@ -108,11 +228,9 @@ def test_generator_defaults_are_the_papers_z_dim_128_and_width_64():
     gen = bg.Generator((3, 32, 32))
     assert gen.z_dim == 128 and gen.fc.in_features == 128
     assert gen.fc.out_features == 128 * 8 * 8
-    assert [tuple(m.weight.shape) for m in gen.modules() if isinstance(m, nn.Conv2d)] == \
+    assert [tuple(m.weight.shape) for m in gen.modules() if isinstance(m, nn.Conv2d)] ==\
         [(128, 128, 3, 3), (64, 128, 3, 3), (3, 64, 3, 3)]
 
-
-# ---- gate and KL -------------------------------------------------------------------------------
 
 def test_gate_keeps_a_sample_whose_forget_probability_equals_the_threshold():
     """"At most ``threshold``": a sample exactly at the threshold is kept, and no warning is
@@ -142,8 +260,6 @@ def test_kl_div_defaults_to_temperature_1_and_warns_nothing():
         got = bg.kl_div(s, t).item()
     assert got == pytest.approx(total / 12, rel=1e-12)
 
-
-# ---- feature names and taps --------------------------------------------------------------------
 
 def test_feature_names_drop_only_1x1_maps():
     """``stages`` leaves out 1×1 maps only: a 2×1 map (and a 1×2 one) is a stage of its own."""
@@ -208,8 +324,6 @@ def test_taps_hold_nothing_from_forwards_outside_a_call():
     taps.close()
 
 
-# ---- optimisers --------------------------------------------------------------------------------
-
 def test_optimisers_take_their_settings_from_the_config():
     """Adam: the generator's and the student's learning rates from the config (here not the
     paper's values). SGD: the generator's lr and momentum from the config, and the student's
@@ -227,9 +341,9 @@ def test_optimisers_take_their_settings_from_the_config():
     assert s_opt.param_groups[0]["lr"] == pytest.approx(0.3 / 25)  # OneCycle's start: peak / 25
 
 
-# ---- the distillation steps against written-out Adam steps ------------------------------------
+SMALL_SHAPE = (1, 4, 4)
 
-SHAPE = (1, 4, 4)
+
 Z_DIM = 6
 
 
@@ -240,7 +354,7 @@ def conv_net(seed):
 
 def case(seed=0):
     torch.manual_seed(100 + seed)
-    gen = bg.Generator(SHAPE, z_dim=Z_DIM, width=2)
+    gen = bg.Generator(SMALL_SHAPE, z_dim=Z_DIM, width=2)
     teacher = conv_net(10 + seed).eval().requires_grad_(False)
     return gen, teacher, conv_net(20 + seed)
 
@@ -253,7 +367,7 @@ def cfg_for(**over):
 
 
 def written_kl(s, t, temp):
-    """(1/(B·C)) Σ_b Σ_k p_t (log p_t − log p_s) at temperature ``temp``."""
+    """(1/(B·TINY_CLASSES)) Σ_b Σ_k p_t (log p_t − log p_s) at temperature ``temp``."""
     lt, ls = torch.log_softmax(t / temp, dim=1), torch.log_softmax(s / temp, dim=1)
     return (lt.exp() * (lt - ls)).sum() / t.numel()
 
@@ -347,8 +461,6 @@ def test_a_student_phase_the_gate_empties_counts_as_an_empty_batch(monkeypatch):
     assert len(calls) == 3
 
 
-# ---- give-up counting, messages, progress -------------------------------------------------------
-
 def scripted(monkeypatch, outcomes, limit):
     """Replace _pseudo_batch by a script of outcomes (then False forever); record the calls and
     stop a runaway loop with an error instead of hanging."""
@@ -408,8 +520,6 @@ def test_distill_progress_bar_follows_the_progress_flag(monkeypatch):
     assert all(isinstance(d, str) and d for d, _ in bars)
 
 
-# ---- the reference's ViT forward and which models get it ----------------------------------------
-
 class FakeLayer(nn.Module):
     """A transformer layer that returns (hidden, attention), as Hugging Face's layers may."""
 
@@ -447,7 +557,7 @@ def test_reference_vit_forward_feeds_the_embeddings_to_every_layer_and_the_last_
 
 def tiny_data():
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(6, *SHAPE, generator=g)
+    x = torch.randn(6, *SMALL_SHAPE, generator=g)
     y = torch.zeros(6, dtype=torch.long)
     return UnlearnData(forget_train=DataLoader(Triples(x, y), batch_size=4), retain_train=None, full_train=None,
                        num_classes=3, forget_class=0, setting="fullclass", dataset="Digits", net="tiny",
@@ -464,98 +574,3 @@ def test_gkt_does_not_wrap_a_cnn_that_merely_has_a_final_attribute():
     data = tiny_data()
     out = bg.gkt(model, data, hp_for("gkt", data, gkt_batches=1), torch.device("cpu"))
     assert out is model
-
-
-# ---- noise.py: labels without loading images -------------------------------------------------
-
-class Items(Dataset):
-    """(x, fine, y) items; a ``targets``/``fine`` array only when given; loading an item when
-    ``forbid`` is set is an error, so a test sees whether labels were read from the arrays."""
-
-    def __init__(self, y, fine=None, targets=None, fine_arr=None, forbid=False):
-        self.y, self.f, self.forbid = list(y), fine, forbid
-        if targets is not None:
-            self.targets = targets
-        if fine_arr is not None:
-            self.fine = fine_arr
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        if self.forbid:
-            raise AssertionError("an item was loaded")
-        f = torch.tensor([]) if self.f is None else self.f[i]
-        return torch.zeros(1), f, self.y[i]
-
-
-def check(got, expected):
-    assert got.dtype == np.int64
-    assert got.tolist() == expected
-
-
-def test_labels_read_the_targets_array_without_loading_an_item():
-    """With a ``targets`` array (int32 here) the model labels come from it as int64, and so do
-    the "fine" labels of a data set without fine classes; no item is loaded."""
-    y = [2, 0, 1, 2]
-    ds = Items(y, targets=np.array(y, dtype=np.int32), forbid=True)
-    check(bn._labels(ds), y)
-    check(bn._labels(ds, fine=True), y)
-    ds_list = Items(y, targets=[2.0, 0.0, 1.0, 2.0], forbid=True)  # a list of floats becomes int64 too
-    check(bn._labels(ds_list, fine=True), y)
-
-
-def test_labels_through_subsets_keep_the_fine_flag_and_the_index_order():
-    """Through a Subset (of a Subset), fine labels stay fine and follow the indices; an empty
-    Subset gives an empty int64 array."""
-    ds = Items([0, 0, 1, 1], targets=np.array([0, 0, 1, 1]), fine_arr=np.array([5, 6, 7, 8], dtype=np.int32),
-               forbid=True)
-    sub = Subset(Subset(ds, [3, 1, 2]), [2, 0])
-    check(bn._labels(sub, fine=True), [7, 8])
-    check(bn._labels(sub), [1, 1])
-    check(bn._labels(Subset(ds, []), fine=True), [])
-
-
-def test_labels_from_items_when_the_data_set_has_no_arrays():
-    """Without arrays the labels are read from the (x, fine, y) items: y for model labels, the
-    int fine label for fine=True, y again when the fine slot is the empty tensor; an empty data
-    set gives an empty int64 array."""
-    y, fine = [1, 0, 1], [4, 3, 5]
-    ds = Items(y, fine=fine)
-    check(bn._labels(ds), y)
-    check(bn._labels(ds, fine=True), fine)
-    check(bn._labels(Items(y, fine=[torch.tensor(4), torch.tensor(3), torch.tensor(5)]), fine=True), fine)
-    check(bn._labels(Items(y), fine=True), y)
-    check(bn._labels(Items([]), fine=True), [])
-    check(bn._labels(Items([])), [])
-
-
-def test_subclass_forget_label_message_counts_the_labels():
-    data = SimpleNamespace(forget_class=4, setting="subclass",
-                           forget_train=DataLoader(Items([1, 2, 1], targets=np.array([1, 2, 1]))))
-    with pytest.raises(UserError, match="^UNSIR: the forget samples carry 2 model labels, expected one$"):
-        bn._forget_model_label(data, "UNSIR")
-
-
-def test_shuffled_loader_is_a_seeded_permutation_in_batches():
-    """_shuffled gives batches of ``batch`` items in a shuffled order fixed by the seed alone
-    (not by the global RNG), different for another seed."""
-    def order(seed, global_seed):
-        torch.manual_seed(global_seed)
-        batches = [b.tolist() for b in bn._shuffled(list(range(10)), 4, seed)]
-        assert [len(b) for b in batches] == [4, 4, 2]
-        return sum(batches, [])
-
-    first = order(3, 0)
-    assert sorted(first) == list(range(10)) and first != list(range(10))
-    assert order(3, 1) == first
-    assert order(4, 0) != first
-
-
-def test_noise_images_reference_mode_with_a_single_image_and_the_mode_message():
-    """Reference mode keeps the first C images (C = channels): with a batch of one image it
-    keeps that one. An unknown mode is named in the error."""
-    one = torch.randn(1, 3, 2, 2)
-    assert torch.equal(bn.noise_images(one, "reference"), one)
-    with pytest.raises(ValueError, match="^unknown noise batch mode 'half'$"):
-        bn.noise_images(one, "half")

@@ -1,25 +1,27 @@
-"""blindspot, amnesiac and SCRUB (baselines_distill.py): the behaviour that defines each, on a
-tiny model and synthetic data, then one end-to-end run per main that offers the method."""
+"""blindspot, amnesiac and SCRUB (methods/distill.py): the behaviour that defines each, on a tiny
+model and synthetic data, written-out oracles for their steps, and one end-to-end run per main
+that offers the method."""
 import copy
 import functools
 import json
+import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import MAINS, SETTING, Triples, describe, hp_for, run_inprocess
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 import methods.distill as bd
+from cli import UserError
 from methods import METHODS, UnlearnData
 
 C = 4
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 
 
 def make_net(seed=None):
@@ -92,8 +94,6 @@ def forget_kl(teacher, student, loader, temperature=1.0):
     return bd.distill_kl(student(x), teacher(x), temperature).item()
 
 
-# ---- SCRUB ----------------------------------------------------------------------------------
-
 def test_scrub_trains_the_student_and_never_the_teacher(monkeypatch):
     data, _ = make_data()
     model = trained_net()
@@ -157,8 +157,6 @@ def test_distill_kl_matches_the_definition():
     assert bd.distill_kl(s, t, T).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-# ---- blindspot ------------------------------------------------------------------------------
-
 def test_blindspot_incompetent_teacher_is_a_fresh_frozen_model():
     data, built = make_data()
     model = trained_net()
@@ -204,8 +202,6 @@ def test_blindspot_set_is_all_forget_samples_and_a_seeded_30_percent_of_retain()
     assert torch.equal(picked, torch.stack([again[i][0] for i in range(len(forget), len(again))]))
 
 
-# ---- amnesiac -------------------------------------------------------------------------------
-
 @pytest.mark.parametrize("classes", [2, 5, 20])
 def test_random_other_labels_never_keep_the_true_label_and_reach_every_other(classes):
     true = torch.arange(20000) % classes
@@ -249,8 +245,6 @@ def test_amnesiac_trains_away_from_the_true_labels_of_forget_samples():
         assert F.cross_entropy(model.eval()(x), y) > before
 
 
-# ---- end to end -----------------------------------------------------------------------------
-
 # One epoch each keeps the nine runs short; blindspot's table budget is one epoch already, and
 # SCRUB's single epoch still has both a max and a min phase.
 SHORT = {"blindspot": [], "amnesiac": ["-amnesiac_epochs", "1"], "scrub": ["-scrub_epochs", "1", "-scrub_msteps", "1"]}
@@ -269,3 +263,165 @@ def test_method_runs_end_to_end(main, method, smallcnn_ckpt, smallcnn5_ckpt, tmp
     assert (rec["method"], rec["setting"]) == (method, SETTING[main])
     assert 0 <= rec["MIA"] <= 1 and rec["MethodTime"] > 0
     assert all(rec["args"][flag.lstrip("-")] == int(v) for flag, v in zip(SHORT[method][::2], SHORT[method][1::2]))
+
+
+CPU = torch.device("cpu")
+
+
+MLP_CLASSES = 3
+
+
+def samples(n, inputs=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return Triples(torch.randn(n, inputs, generator=g, dtype=torch.float64), torch.arange(n) % MLP_CLASSES)
+
+
+class NoTargets(Dataset):
+    """(x, fine, y) triples with no ``targets`` array: labels can only be read from the items."""
+
+    def __init__(self, labels):
+        self.labels = list(labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return torch.full((2,), float(i)), torch.tensor([]), self.labels[i]
+
+
+class UnreadableItems(Dataset):
+    """A ``targets`` array whose items must not be read (reading one fails the test)."""
+
+    def __init__(self, labels):
+        self.targets = np.asarray(labels)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        raise AssertionError("a sample was read although the data set has a targets array")
+
+
+def test_random_other_labels_add_a_shift_in_1_to_c_minus_1_drawn_from_the_generator():
+    """The relabelling is (y + s) mod C with s = torch.randint(1, C) from the given generator:
+    a run's labels are fixed by -seed (y − s would be as uniform but other labels)."""
+    y = torch.arange(40) % 5
+    got = bd.random_other_labels(y.numpy(), 5, torch.Generator().manual_seed(7))
+    shift = torch.randint(1, 5, (40,), generator=torch.Generator().manual_seed(7))
+    assert got.dtype == torch.long
+    assert torch.equal(got, (y + shift) % 5)
+
+
+def test_amnesiac_set_reads_labels_from_the_items_when_there_is_no_targets_array():
+    """A data set without ``targets`` (through a Subset) has its model labels read from slot 2 of
+    every item; the relabelled set then holds (y + s) mod C for those labels."""
+    labels = [2, 0, 1, 1, 2, 0, 2]
+    base = NoTargets(labels)
+    forget = Subset(base, [6, 0, 3, 5])
+    assert bd._targets(forget).tolist() == [2, 2, 1, 0]
+    assert bd._targets(forget).dtype == np.int64
+    ds = bd.amnesiac_set(forget, Subset(base, [1, 2]), MLP_CLASSES, torch.Generator().manual_seed(3))
+    shift = torch.randint(1, MLP_CLASSES, (4,), generator=torch.Generator().manual_seed(3))
+    want = (torch.tensor([2, 2, 1, 0]) + shift) % MLP_CLASSES
+    assert [ds[i][2] for i in range(4)] == want.tolist()
+    assert [ds[i][2] for i in (4, 5)] == [0, 1]  # the retain part as it is
+    assert bd._targets(NoTargets([])).tolist() == []
+
+
+def test_targets_come_from_the_targets_array_without_reading_a_sample():
+    """Where the data set has ``targets`` (the project's ArrayImages), the labels come from that
+    array through the Subsets: reading every sample would run the image transform on the whole
+    forget set (and, with augmentation, draw from the global generator)."""
+    base = UnreadableItems(np.array([1, 0, 2, 2, 1], dtype=np.int64))
+    forget = Subset(Subset(base, [4, 3, 1]), [2, 0])
+    assert bd._targets(forget).tolist() == [0, 1]
+    ds = bd.amnesiac_set(forget, Subset(base, [2]), MLP_CLASSES, torch.Generator().manual_seed(0))
+    assert len(ds) == 3
+
+
+def test_loader_like_shuffles_only_when_asked():
+    """blindspot and amnesiac shuffle their combined set (the reference's loaders do); the order
+    over 64 samples is then not the identity, and every sample comes once."""
+    src = DataLoader(NoTargets(range(4)), batch_size=2)
+    ds = NoTargets([0] * 64)
+    torch.manual_seed(0)
+    order = torch.cat([b[0][:, 0] for b in bd._loader_like(src, ds, 8, shuffle=True)]).long().tolist()
+    assert sorted(order) == list(range(64)) and order != list(range(64))
+    plain = torch.cat([b[0][:, 0] for b in bd._loader_like(src, ds, 8, shuffle=False)]).long().tolist()
+    assert plain == list(range(64))
+
+
+def test_incompetent_teacher_for_vit_is_a_fresh_vit_with_the_runs_classes(monkeypatch):
+    """The reference's ViT bad teacher: the ViT class built with the run's number of classes and
+    -bt_vit_weights; an OSError while loading becomes a one-line UserError that quotes the
+    error's first line."""
+    import models
+
+    built = []
+
+    def fake_vit(num_classes=100, weights=None):
+        built.append((num_classes, weights))
+        return "teacher"
+
+    monkeypatch.setattr(models, "ViT", fake_vit)
+    data = types.SimpleNamespace(net="ViT", num_classes=7, seed=0, build_fresh=lambda: None)
+    hp = hp_for("blindspot", data, bt_vit_weights="/some/dir")
+    assert bd.incompetent_teacher(data, hp) == "teacher"
+    assert built == [(7, "/some/dir")]
+
+    def offline(num_classes=100, weights=None):
+        raise OSError("We couldn't connect to the hub\nsecond line")
+
+    monkeypatch.setattr(models, "ViT", offline)
+    with pytest.raises(UserError) as e:
+        bd.incompetent_teacher(data, hp)
+    assert str(e.value) == (
+        "blindspot: cannot load the ViT trunk '/some/dir' of the reference's incompetent teacher offline "
+        "(We couldn't connect to the hub); give a local directory with -bt_vit_weights, or use -bt_teacher random")
+
+
+class Branchy(nn.Module):
+    """Logits a(x), plus b(x) only for batches of more than one sample: the last batch of one
+    sample leaves b out of the graph."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a, self.b = nn.Linear(4, MLP_CLASSES).double(), nn.Linear(4, MLP_CLASSES).double()
+
+    def forward(self, x):
+        out = self.a(x)
+        return out + self.b(x) if len(x) > 1 else out
+
+
+def _perturbed(model, seed):
+    teacher = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return bd.freeze(teacher)
+
+
+@pytest.mark.parametrize("phase", ["max", "min"])
+def test_scrub_step_leaves_parameters_its_batch_does_not_reach(phase):
+    """Gradients are cleared to None (torch's zero_grad default, as the reference's
+    optimizer.zero_grad()): a parameter the loss of a batch does not reach takes no SGD step in
+    that batch: no weight decay, no momentum. Zeroed gradients would move it anyway."""
+    ds = samples(3)
+    student = Branchy(0)
+    teacher = _perturbed(student, 1)
+
+    def run(loader):
+        m = copy.deepcopy(student)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+        if phase == "max":
+            bd.scrub_max_epoch(m, teacher, loader, opt, 2.0, CPU)
+        else:
+            bd.scrub_min_epoch(m, teacher, loader, opt, 2.0, 0.7, 3.0, CPU)
+        return m
+
+    both = run(DataLoader(ds, batch_size=2))            # batches of 2 (reaches b) and 1 (does not)
+    first = run(DataLoader(Subset(ds, [0, 1]), batch_size=2))
+    assert not torch.equal(both.a.weight, first.a.weight)  # the second step moved a
+    assert torch.equal(both.b.weight, first.b.weight) and torch.equal(both.b.bias, first.b.bias)

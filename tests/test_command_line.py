@@ -1,9 +1,10 @@
-"""cli.py's argument types: the numbers a flag takes are written in ASCII digits and lie in range."""
+"""cli.py: the one-line user error, and argument types that take ASCII digits in range."""
 import argparse
 
 import pytest
 
-from cli import SEED_MAX, float_above, int_in, seed_type
+import cli
+from cli import SEED_MAX, UserError, float_above, int_in, seed_type
 
 
 @pytest.mark.parametrize("text", ["١", "²", "٣٤", "1٢", "x", "", "1.0"])
@@ -33,3 +34,10 @@ def test_a_number_flag_refuses_other_digits_and_non_finite_or_low_values(text):
 
 def test_a_number_flag_reads_plain_numbers():
     assert float_above(0)("1e-3") == 0.001 and float_above(0, inclusive=True)("0") == 0.0
+
+
+def test_cli_gives_one_line_for_a_worker_wrapped_user_error():
+    wrapped = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                        '  File "x.py", line 1, in f\n    raise UserError("bad")\ncli.UserError: cannot decode image a.jpg')
+    assert cli.one_line(wrapped) == "cannot decode image a.jpg"
+    assert cli.one_line(UserError("two\nlines")) == "two lines"
