@@ -104,9 +104,10 @@ def relearn_steps(model, forget_loader, forget_valid, target, max_steps, workers
     return None
 
 
-def divergence_from(gold, forget_logits, forget_set, workers, device):
+def divergence_from(gold, forget_logits, forget_set, workers, device, amp=False):
     """How far a model's outputs on the forget set (``forget_logits``) are from those of ``gold``
-    (a retrained model): the JS divergence and the activation distance of their softmaxes."""
+    (a retrained model), its forwards in the run's precision (``amp``: bf16 autocast): the JS
+    divergence and the activation distance of their softmaxes."""
     p = F.softmax(forget_logits, dim=-1)
-    q = F.softmax(logits_of(gold, forget_set, workers, device, "eval retrained")[0], dim=-1)
+    q = F.softmax(logits_of(gold, forget_set, workers, device, "eval retrained", amp)[0], dim=-1)
     return {"JSToRetrain": metrics.js_divergence(p, q), "ActDistToRetrain": metrics.activation_distance(p, q)}

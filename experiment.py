@@ -173,7 +173,8 @@ def compare_with_retrained(forget_logits, exp, found):
         return {}
     path, name = found
     gold = load_weights(exp.build_fresh(), path, exp.args.net, exp.num_classes).to(exp.device)
-    scores = divergence_from(gold, forget_logits, exp.subset["forget_train"], exp.workers, exp.device)
+    scores = divergence_from(gold, forget_logits, exp.subset["forget_train"], exp.workers, exp.device,
+                             exp.args.amp)
     return dict(scores, RetrainReference=name, RetrainCheckpoint=path)
 
 

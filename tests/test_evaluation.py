@@ -390,3 +390,19 @@ def test_relearn_steps_leaves_a_parameter_without_gradient_alone():
             break
     assert want is not None and want > 3
     assert evaluation.relearn_steps(TwoHeads(wa, wb), loader, valid, 100.0, 300, 0, CPU) == want
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_the_retrained_models_forwards_run_in_the_runs_precision(monkeypatch, amp):
+    seen = []
+    real = evaluation.metrics.predict
+
+    def predict(model, batches, device, amp_flag=False):
+        seen.append(amp_flag)
+        return real(model, batches, device, amp_flag)
+
+    monkeypatch.setattr(evaluation.metrics, "predict", predict)
+    gold = torch.nn.Linear(3, 2)
+    forget = Triples(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
+    scores = evaluation.divergence_from(gold, torch.randn(4, 2), forget, 0, torch.device("cpu"), amp)
+    assert seen == [amp] and set(scores) == {"JSToRetrain", "ActDistToRetrain"}

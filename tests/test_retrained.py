@@ -168,7 +168,7 @@ def test_find_retrained_reads_only_the_records_of_retrain_runs(tmp_path):
 
 def lin_exp(x):
     return SimpleNamespace(setting="fullclass", forget="3", num_classes=3, build_fresh=lambda: nn.Linear(4, 3),
-                           subset={"forget_train": rows(x, torch.zeros(len(x)))}, args=SimpleNamespace(net="Lin"),
+                           subset={"forget_train": rows(x, torch.zeros(len(x)))}, args=SimpleNamespace(net="Lin", amp=False),
                            workers=0, device=CPU)
 
 
