@@ -91,6 +91,7 @@ def test_torchrun_resume_after_a_stop_reproduces_the_uninterrupted_run(torchrun_
         assert torch.equal(whole[k], again[k]), k
 
 
+@pytest.mark.slow  # a script in a subprocess, or VGG16 and a ViT built
 def test_every_trainable_parameter_gets_a_gradient():
     """DistributedDataParallel refuses a parameter that asks for a gradient and gets none."""
     from transformers import ViTConfig

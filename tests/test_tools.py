@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from helpers import REPO
 
 import models
 
 
+@pytest.mark.slow  # a script in a subprocess, or VGG16 and a ViT built
 def test_random_weights_load_strict_into_the_net(tmp_path):
     out = tmp_path / "w.pth"
     proc = subprocess.run([sys.executable, "tools/random_weights.py", "SmallCNN", "7", str(out)], cwd=REPO,
@@ -34,6 +36,7 @@ def test_peak_memory_passes_the_arguments_on_and_reports_even_on_failure(tmp_pat
         assert peak["peak_host_gib_main_process"] >= 64 / 1024
 
 
+@pytest.mark.slow  # a script in a subprocess, or VGG16 and a ViT built
 def test_peak_memory_runs_a_main_of_the_repository_from_its_root_without_pythonpath(tmp_path):
     # the main imports its neighbours (datasets, experiment, ...), as under `python MAIN`
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
