@@ -17,7 +17,6 @@ from cli import UserError, run_cli
 from evaluation import Diverged, check_finite, divergence_from, evaluate_split, exact_accuracy_of, loader, relearn_steps
 from flags import check_outputs, check_tables, parser_for, resolve_data, resolve_method, warn_inapplicable
 from methods import METHODS, UnlearnData
-from methods.noise import retain_test_batch
 from models import build_model, input_size
 from records import read_records
 from registry import RETRAIN_METHODS
@@ -180,10 +179,11 @@ def compare_with_retrained(forget_logits, exp, found):
 
 def execute(exp, args, hp):
     """Run ``args.method`` with its resolved hyperparameters ``hp`` (flags.resolve_method) on
-    ``exp.model`` (in place), evaluate, append and return the record. A method that diverges (a non-finite loss, weights or outputs) is still
-    recorded, with ``diverged`` true, the reason, and no metrics, and a warning is printed. A
-    retrain run saves its model in -retrain_dir; any other run is compared with the retrained
-    model of its target there, when there is one."""
+    ``exp.model`` (in place), evaluate, append and return the record. A method that diverges
+    (a non-finite loss, weights or outputs) is still recorded, with ``diverged`` true, the
+    reason, and no metrics, and a warning is printed. A retrain run saves its model in
+    -retrain_dir; any other run is compared with the retrained model of its target there, when
+    there is one."""
     identity = records.run_identity(exp.setting, args)
     method = METHODS[args.method]
     model, device, workers = exp.model, exp.device, exp.workers
@@ -195,11 +195,11 @@ def execute(exp, args, hp):
     t0 = time.perf_counter()
     scores = {}
     # Accuracies batched otherwise than -b, as the authors' code scores them: in the random setting
-    # Df over its forget loader itself; after UNSIR or emmn the retained test images in their
-    # noise batch.
+    # Df over its forget loader itself; and those the method names (UNSIR's and emmn's retained
+    # test images in their noise batch).
     eval_batches = {"Df": exp.data.forget_train.batch_size} if exp.setting == "random" else {}
-    if retain_test_batch(hp) is not None:
-        eval_batches["RetainTestAcc"] = retain_test_batch(hp)
+    if method.eval_batches is not None:
+        eval_batches.update(method.eval_batches(hp))
     if diverged is None:
         try:
             check_finite(model)

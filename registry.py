@@ -18,21 +18,24 @@ class Method:
     """``fn(model, data, hp, device) -> model``: ``data`` an UnlearnData, ``hp`` the resolved
     instance of ``hparams`` (None for a method without hyperparameters). ``zero_shot`` methods
     are handed no retain data. ``overrides``: the hyperparameter table (hparams.Overrides).
-    ``top_level``: fields of ``hparams`` the run's record also holds at its top level."""
+    ``top_level``: fields of ``hparams`` the run's record also holds at its top level.
+    ``eval_batches``: ``hp -> {metric: batch}``, the accuracies the method's runs score over
+    other batches than -b (None: none)."""
     name: str
     fn: Callable
     hparams: Optional[type] = None
     overrides: Any = None
     zero_shot: bool = False
     top_level: tuple = ()
+    eval_batches: Optional[Callable] = None
 
 
-def register(name, hparams=None, overrides=None, zero_shot=False, top_level=()):
+def register(name, hparams=None, overrides=None, zero_shot=False, top_level=(), eval_batches=None):
     """Register the decorated function under ``name``."""
     def wrap(fn):
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = Method(name, fn, hparams, overrides, zero_shot, top_level)
+        METHODS[name] = Method(name, fn, hparams, overrides, zero_shot, top_level, eval_batches)
         return fn
     return wrap
 

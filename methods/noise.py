@@ -88,6 +88,13 @@ def retain_test_batch(hp):
     return None
 
 
+def noise_eval_batches(hp):
+    """UNSIR's and emmn's eval_batches (registry.Method): RetainTestAcc in the noise batch, when
+    ``retain_test_batch`` gives one."""
+    batch = retain_test_batch(hp)
+    return {} if batch is None else {"RetainTestAcc": batch}
+
+
 # ---- data helpers ---------------------------------------------------------------------------
 _EMPTY = torch.tensor([])
 
@@ -214,7 +221,7 @@ def noise_images(noise, mode):
     return noise
 
 
-@register("UNSIR", hparams=UnsirHP, overrides=UNSIR_OVERRIDES)
+@register("UNSIR", hparams=UnsirHP, overrides=UNSIR_OVERRIDES, eval_batches=noise_eval_batches)
 def unsir(model, data, hp, device):
     """UNSIR (Tarun et al. 2023): impair with learnt error-maximising noise, then repair.
 
@@ -247,7 +254,7 @@ def unsir(model, data, hp, device):
     return model
 
 
-@register("emmn", hparams=EmmnHP, overrides=EMMN_OVERRIDES, zero_shot=True)
+@register("emmn", hparams=EmmnHP, overrides=EMMN_OVERRIDES, zero_shot=True, eval_batches=noise_eval_batches)
 def emmn(model, data, hp, device):
     """Error-minimising/-maximising noise (zero-shot; the emmn of JiT's authors).
 

@@ -237,7 +237,8 @@ def _eval_batches(monkeypatch, setting, method_hp, forget_batch=128):
 
     monkeypatch.setattr(experiment, "evaluate_split", fake_evaluate_split)
     monkeypatch.setitem(experiment.METHODS, "fake", SimpleNamespace(fn=lambda m, d, h, dev: m, zero_shot=False,
-                                                                         hparams=None))
+                                                                         hparams=None,
+                                                                         eval_batches=METHODS["UNSIR"].eval_batches))
     loader = DataLoader([0], batch_size=forget_batch)
     data = UnlearnData(forget_train=loader, retain_train=loader, full_train=loader, num_classes=1, forget_class=None,
                        setting=setting, dataset="Digits", net="SmallCNN", build_fresh=lambda: None)
