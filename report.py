@@ -45,7 +45,7 @@ from collections import OrderedDict
 import numpy as np
 
 from cli import Parser, UserError, run_cli
-from records import run_identity
+from records import parse_lines, run_identity
 from registry import RETRAIN_METHODS  # torch-free: reading records never loads a method
 from utils import check_writable
 
@@ -86,10 +86,6 @@ def usable(records):
     return [r for r in records if problem(r) is None]
 
 
-def _no_constant(name):
-    return None  # NaN, Infinity, -Infinity: not a number, as a strict writer records null
-
-
 def read_file(path):
     """The records of one results file. Lines that are not records are skipped, and one
     line on stderr counts them; a file that is binary, unreadable or holds no record at all
@@ -107,18 +103,8 @@ def read_file(path):
         line = data[:data.index(b"\0")].count(b"\n") + 1
         raise UserError(f"{path} is not a JSON-lines text file (binary data at line {line})")
     records, bad = [], []
-    for i, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            r = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-        except UnicodeDecodeError:
-            bad.append((i, "not UTF-8 text"))
-            continue
-        except (ValueError, RecursionError):
-            bad.append((i, "not JSON"))
-            continue
-        why = problem(r)
+    for i, r, why in parse_lines(data):
+        why = why or problem(r)
         if why:
             bad.append((i, why))
         else:
