@@ -90,6 +90,9 @@ def read_file(path):
     """The records of one results file. Lines that are not records are skipped, and one
     line on stderr counts them; a file that is binary, unreadable or holds no record at all
     raises UserError naming it."""
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+        # a named pipe would block the read until a writer came, a device never ends
+        raise UserError(f"{path} is not a regular file (a pipe, device or socket), not a results file")
     try:
         with open(path, "rb") as f:
             data = f.read()

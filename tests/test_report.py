@@ -9,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -462,3 +463,20 @@ def test_report_cli_rejects_an_empty_file(tmp_path):
     proc = subprocess.run(["python", str(REPO / "report.py"), str(tmp_path / "empty.jsonl")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no records" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_pipe_or_a_device_given_as_a_results_file_is_refused_without_reading(tmp_path, kind):
+    # opening a named pipe for reading blocks until a writer comes: the check comes first
+    path = tmp_path / "r.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    box = []
+    t = threading.Thread(target=lambda: box.append(pytest.raises(UserError, report.read_file, str(path))),
+                         daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), f"report.py blocked on a {kind}"
+    assert "not a regular file" in str(box[0].value)
