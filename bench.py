@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Subset
 import datasets
 import metrics
 from evaluation import evaluate_split
+from images import ArrayImages, ImageTransform
 from Lipschitz import jit_unlearn
 from models import VGG16, ViT
 
@@ -49,7 +50,7 @@ SIZES = {  # per net: forget images, N, train images, test images, batch-size-1 
 def synthetic(n, size, classes=100, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
-    return datasets.ArrayImages(images, np.arange(n) % classes, transform=datasets.ImageTransform(size))
+    return ArrayImages(images, np.arange(n) % classes, transform=ImageTransform(size))
 
 
 def sync(device):

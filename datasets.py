@@ -3,7 +3,7 @@ and the forget/retain splits. Each sample is a triple (image, fine_label_or_empt
 
 Behind it: images.py (the transform and the in-memory data set), batching.py (batches
 built on the device), cifar_files.py (reading CIFAR batch files safely), pins.py (the Pins
-folder). The mains import all they need from here.
+folder).
 """
 import hashlib
 import os
@@ -15,13 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# `name as name`: re-exported, so the mains and evaluation import every data name from here
-from batching import device_batches as device_batches
 from cifar_files import load_cifar10, load_cifar100
 from cli import UserError
 from hparams import AT_LEAST_ONE, Overrides, hparam
-from images import MEAN as MEAN
-from images import STD as STD
 from images import ArrayImages, ImageTransform
 from pins import FileImages, load_pins, pins_files
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-import datasets
+import batching
 import metrics
 from utils import progress_bar
 
@@ -35,8 +35,8 @@ def loader(ds, batch, shuffle, workers, device, seed=0):
 
 def logits_of(model, ds, workers, device, desc, amp=False):
     """Logits and labels of every item of ``ds`` in order: decoded images are batched and
-    transformed on the device (datasets.device_batches), anything else goes through a DataLoader."""
-    batches = datasets.device_batches(ds, EVAL_BATCH, device)
+    transformed on the device (batching.device_batches), anything else goes through a DataLoader."""
+    batches = batching.device_batches(ds, EVAL_BATCH, device)
     if batches is None:
         batches = loader(ds, EVAL_BATCH, False, workers, device)
     return metrics.predict(model, progress_bar(batches, desc), device, amp)

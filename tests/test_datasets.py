@@ -8,7 +8,9 @@ from helpers import CIFAR100_COARSE, run_inprocess
 from PIL import Image
 from torchvision import transforms
 
+import batching
 import datasets
+import images
 import models
 from cli import UserError
 
@@ -24,7 +26,7 @@ def _cifar10_arrays(arrays, train):
 
 def _expected_pixel(row, c, h, w):
     """Normalised value of channel c, pixel (h, w) of a CIFAR row (CHW row-major)."""
-    return (row[c * 1024 + h * 32 + w] / 255.0 - datasets.MEAN[c]) / datasets.STD[c]
+    return (row[c * 1024 + h * 32 + w] / 255.0 - images.MEAN[c]) / images.STD[c]
 
 
 @pytest.mark.parametrize("name,train,n", [
@@ -90,7 +92,7 @@ def test_pixel_values_are_normalised_chw(cifar, name):
         assert x[c, h, w].item() == pytest.approx(_expected_pixel(data[i], c, h, w), abs=1e-5)
     # the whole image, channel by channel
     want = (torch.from_numpy(data[i].reshape(3, 32, 32).astype(np.float32)) / 255
-            - torch.tensor(datasets.MEAN).view(3, 1, 1)) / torch.tensor(datasets.STD).view(3, 1, 1)
+            - torch.tensor(images.MEAN).view(3, 1, 1)) / torch.tensor(images.STD).view(3, 1, 1)
     torch.testing.assert_close(x, want, atol=1e-5, rtol=0)
 
 
@@ -105,9 +107,9 @@ def test_image_transform_matches_torchvision(size, atol):
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
     reference = transforms.Compose([
-        transforms.ToTensor(), transforms.Normalize(datasets.MEAN, datasets.STD), transforms.Resize(size),
+        transforms.ToTensor(), transforms.Normalize(images.MEAN, images.STD), transforms.Resize(size),
     ])(Image.fromarray(img))
-    got = datasets.ImageTransform(size)(img)
+    got = images.ImageTransform(size)(img)
     assert got.shape == reference.shape == (3, size, size)
     torch.testing.assert_close(got, reference, atol=atol, rtol=0)
 
@@ -225,7 +227,7 @@ def test_split_random_validation_sets(cifar10_sets):
 def test_split_random_size_is_random_splits(n, perc, size):
     """random_split with fractions: floor(n·p), plus the image rounding leaves over (83 of
     CIFAR-10's 50,000 at the reference's 0.00165, not 82)."""
-    train = datasets.ArrayImages(np.zeros((n, 1, 1, 3), np.uint8), np.zeros(n))
+    train = images.ArrayImages(np.zeros((n, 1, 1, 3), np.uint8), np.zeros(n))
     assert len(datasets.split_random(train, train, perc, _gen(0))["forget_train"][1]) == size
 
 
@@ -364,9 +366,9 @@ def test_device_batches_equal_the_dataloader_exactly(cifar, name, size):
     full = datasets.load_dataset(name, str(root), train=True, size=size)
     inner = torch.utils.data.Subset(full, np.arange(len(full))[::-1][:37])  # reversed, then a subset of that
     for ds in (full, inner, torch.utils.data.Subset(inner, [5, 0, 36, 7, 7])):
-        got = list(datasets.device_batches(ds, 16, torch.device("cpu")))
+        got = list(batching.device_batches(ds, 16, torch.device("cpu")))
         want = _loader_batches(ds, 16)
-        assert len(got) == len(want) == len(datasets.device_batches(ds, 16, torch.device("cpu")))
+        assert len(got) == len(want) == len(batching.device_batches(ds, 16, torch.device("cpu")))
         for (x, f, y), (wx, wf, wy) in zip(got, want):
             assert x.shape == wx.shape and x.dtype == wx.dtype and torch.equal(x, wx)
             assert x.stride() == wx.stride()  # the same memory layout, hence the same conv kernels
@@ -382,19 +384,19 @@ def test_device_batches_give_the_same_logits(smallcnn_ckpt):
     ds = torch.utils.data.Subset(train, np.flatnonzero(train.targets == 3))
     model = load_weights(SmallCNN(10), smallcnn_ckpt, "SmallCNN", 10)
     a = metrics.predict(model, torch.utils.data.DataLoader(ds, 512))
-    b = metrics.predict(model, datasets.device_batches(ds, 512, torch.device("cpu")))
+    b = metrics.predict(model, batching.device_batches(ds, 512, torch.device("cpu")))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_device_batches_fall_back_where_they_do_not_apply(cifar, tmp_path):
     root, _ = cifar
     augmented = datasets.load_dataset("Cifar10", str(root), train=True, augment=True)
-    assert datasets.device_batches(augmented, 8, torch.device("cpu")) is None
+    assert batching.device_batches(augmented, 8, torch.device("cpu")) is None
     (tmp_path / "105_classes_pins_dataset" / "pins_A").mkdir(parents=True)
     for i in range(5):
         Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "105_classes_pins_dataset" / "pins_A" / f"{i}.jpg")
     pins = datasets.load_dataset("PinsFaceRecognition", str(tmp_path), train=True)
-    assert datasets.device_batches(torch.utils.data.Subset(pins, [0, 1]), 8, torch.device("cpu")) is None
+    assert batching.device_batches(torch.utils.data.Subset(pins, [0, 1]), 8, torch.device("cpu")) is None
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from helpers import literal_js
 import datasets
 import metrics
 import models
+from images import MEAN, STD, ArrayImages, ImageTransform
 
 REPO = Path(__file__).resolve().parent.parent
 N_TRAIN, N_TEST, N_FINE = 307, 131, 10  # not multiples of the batch, so the last batch is partial
@@ -48,7 +49,7 @@ class Planted(nn.Module):
         self.test_logits = nn.Parameter(torch.zeros(N_TEST, num_classes))
 
     def forward(self, x):
-        mean, std = torch.tensor(datasets.MEAN, device=x.device), torch.tensor(datasets.STD, device=x.device)
+        mean, std = torch.tensor(MEAN, device=x.device), torch.tensor(STD, device=x.device)
         px = ((x[:, :, 0, 0] * std + mean) * 255).round().long()  # undo Normalize on pixel (0, 0)
         idx, is_test = px[:, 0] + 256 * px[:, 1], px[:, 2] > 127
         return torch.where(is_test[:, None], self.test_logits[idx.clamp(max=N_TEST - 1)],
@@ -81,10 +82,10 @@ def planted(tmp_path, monkeypatch):
     def load(name, root="./data", train=True, size=32, augment=False, pins_split="none"):
         fine_tr, fine_te = fine_train, fine_test
         fine = fine_tr if train else fine_te
-        tf = datasets.ImageTransform(size, augment)
+        tf = ImageTransform(size, augment)
         if name == "Digits5":  # coarse model labels, fine labels in the middle slot
-            return datasets.ArrayImages(images[not train], fine // 2, fine=fine, transform=tf)
-        return datasets.ArrayImages(images[not train], fine, transform=tf)
+            return ArrayImages(images[not train], fine // 2, fine=fine, transform=tf)
+        return ArrayImages(images[not train], fine, transform=tf)
 
     monkeypatch.setattr(datasets, "load_dataset", load)
     monkeypatch.setitem(models.MODELS, "Planted", Planted)

@@ -26,6 +26,7 @@ import forget_full_class_main as full_main
 import forget_random_main as random_main
 import forget_sub_class_main as sub_main
 import hparams
+import images
 import metrics
 import models
 import pretrain_model
@@ -530,7 +531,7 @@ def test_vit_retrain_uses_its_own_milestones():
 def _tiny(n=40, classes=4, fine=None):
     rng = np.random.default_rng(0)
     targets = rng.integers(0, classes, n)
-    return datasets.ArrayImages(np.zeros((n, 2, 2, 3), np.uint8), targets,
+    return images.ArrayImages(np.zeros((n, 2, 2, 3), np.uint8), targets,
                                 fine=None if fine is None else rng.integers(0, fine, n))
 
 
@@ -659,7 +660,7 @@ def test_pins_images_are_resized_to_36_then_to_the_net_input(tmp_path, size):
     x = ds[0][0]
     # the reference's unlearning transform, literally
     ref = transforms.Compose([transforms.Resize((36, 36)), transforms.ToTensor(),
-                              transforms.Normalize(datasets.MEAN, datasets.STD), transforms.Resize((size, size))])
+                              transforms.Normalize(images.MEAN, images.STD), transforms.Resize((size, size))])
     with Image.open(ds.paths[0]) as im:
         expect = ref(im.convert("RGB"))
     assert ds.paths[0].startswith(str(folder))
@@ -687,11 +688,11 @@ def test_pins_reference_recipe_trains_and_evaluates_on_the_whole_folder(tmp_path
 
 
 def test_normalisation_uses_the_reference_constants_to_every_digit():
-    assert datasets.MEAN == (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
-    assert datasets.STD == (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
+    assert images.MEAN == (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
+    assert images.STD == (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
     img = np.full((32, 32, 3), 200, np.uint8)
-    x = datasets.ImageTransform(32)(img)
-    expect = (200 / 255 - torch.tensor(datasets.MEAN, dtype=torch.float64)) / torch.tensor(datasets.STD,
+    x = images.ImageTransform(32)(img)
+    expect = (200 / 255 - torch.tensor(images.MEAN, dtype=torch.float64)) / torch.tensor(images.STD,
                                                                                            dtype=torch.float64)
     torch.testing.assert_close(x[:, 0, 0].double(), expect, atol=1e-6, rtol=0)
 
