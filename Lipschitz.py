@@ -84,14 +84,15 @@ def _jit_loop(model, forget_loader, sigma, eta, n_samples, chunk_size, device, p
     if _has_batch_statistics(model):
         per_perturbation = 1
 
-    for batch in progress_bar(forget_loader, "JiT", progress):
+    for i, batch in enumerate(progress_bar(forget_loader, "JiT", progress)):
         if grad == "per_batch":
             optimizer.zero_grad()
         x = batch[0].to(device)
         with autocast:
             out = model(x).float()
         shape = (n_samples,) + tuple(x.shape)
-        check_allocatable(math.prod(shape), "JiT's N perturbations of a batch (-n_samples × -b)", device)
+        if i == 0:  # the first batch is the largest: one look at the free memory covers the loop
+            check_allocatable(math.prod(shape), "JiT's N perturbations of a batch (-n_samples × -b)", device)
         noise = torch.randn(shape).to(device) if cpu_noise else torch.randn(shape, device=device)
         lo, hi = x.min(), x.max()
         flat_x = x.flatten(1)
