@@ -153,14 +153,22 @@ def run_method(exp, method, hp, seed):
     return model, time.perf_counter() - t0, reason
 
 
-def save_retrained(model, identity, store):
+def target_fields(exp):
+    """The fields of a run's record that make up its target (records.record_target): every run
+    of ``exp`` records them, so a record's target is its run's."""
+    args = exp.args
+    return dict(setting=exp.setting, dataset=args.dataset, net=args.net, forget=exp.forget, seed=args.seed,
+                recipe=getattr(args, "recipe", records.DEFAULT_RECIPE), pipeline=hparams.as_record(exp.pipe))
+
+
+def save_retrained(model, identity, target, store):
     """A retrain run's model, saved for the other runs to compare with: {"RetrainCheckpoint": the
     path}, the path None (after a warning) when it cannot be written, the run's record being
     still written."""
     try:
-        return {"RetrainCheckpoint": store.save(model.state_dict(), identity)}
+        return {"RetrainCheckpoint": store.save(model.state_dict(), identity, target)}
     except OSError as e:
-        print(f"warning: cannot save the retrained model to {store.path(identity)} ({e.strerror or e}); other "
+        print(f"warning: cannot save the retrained model to {store.path(identity, target)} ({e.strerror or e}); other "
               f"runs cannot compare with it", file=sys.stderr)
         return {"RetrainCheckpoint": None}
 
@@ -185,6 +193,8 @@ def execute(exp, args, hp):
     -retrain_dir; any other run is compared with the retrained model of its target there, when
     there is one."""
     identity = records.run_identity(exp.setting, args)
+    head = target_fields(exp)
+    target = records.record_target(head)
     method = METHODS[args.method]
     model, device, workers = exp.model, exp.device, exp.workers
     forget_valid = exp.subset["forget_valid"]
@@ -210,16 +220,15 @@ def execute(exp, args, hp):
     if diverged is None:
         store = RetrainStore(args.retrain_dir)
         if args.method in RETRAIN_METHODS:
-            scores.update(save_retrained(model, identity, store))
+            scores.update(save_retrained(model, identity, target, store))
         else:
-            scores.update(compare_with_retrained(forget_logits, exp, store.find(identity, read_records(args.results))))
+            scores.update(compare_with_retrained(forget_logits, exp, store.find(target, read_records(args.results))))
         if target_df is not None:
             scores["RelearnSteps"] = relearn_steps(model, exp.data.forget_train, forget_valid, target_df,
                                                    args.relearn_max_steps, workers, device)
     eval_time = time.perf_counter() - t0
 
-    record = dict(setting=exp.setting, dataset=args.dataset, net=args.net, method=args.method,
-                  forget=exp.forget, forget_id=exp.target_id, seed=args.seed,
+    record = dict(head, method=args.method, forget_id=exp.target_id,
                   **{k: getattr(hp, k) for k in method.top_level}, weight_path=args.weight_path,
                   diverged=diverged is not None)
     if diverged is not None:
@@ -231,7 +240,6 @@ def execute(exp, args, hp):
         accuracy_note="TestAcc/RetainTestAcc/Df: mean of per-batch accuracy (%) as the reference "
                       "computes it, batch -b unless eval_batches names another; *Exact: correct/total (%)",
         eval_batches=eval_batches,
-        recipe=getattr(args, "recipe", "reference"), pipeline=hparams.as_record(exp.pipe),
         hparams=hparams.as_record(hp), args=dict(vars(args)), versions=library_versions(),
         code=records.code_version(), device=device_name(device), threads=torch.get_num_threads(), time=now_iso(),
     )

@@ -37,7 +37,7 @@ import metrics
 import records
 from cli import Parser, UserError, int_in, run_cli
 from evaluation import Diverged, check_finite, logits_of
-from experiment import prepare, reseed, run_method
+from experiment import prepare, reseed, run_method, target_fields
 from flags import base_parser, resolve_method
 from methods import METHODS
 from records import append_record, check_results_path
@@ -130,20 +130,20 @@ def hparams_of(args, setting, task, method):
     return resolve_method(a, task)
 
 
-def retrain_identity(args, setting, retrain_hp):
-    """The identity of the K retrained models (each named by its model seed besides): the target
-    of the runs compared with them (records.TARGET_FLAGS: data set, net, forget target, -seed,
-    which draws a random forget set, recipe and split choices) and everything else that changes a
-    retrain: the retain loader's batch, the retrain's hyperparameters, and the original model's
-    file: the retrains are what the models unlearned from that file are compared with, and a new
-    original is a new experiment."""
-    flags = {k: getattr(args, k, None) for k in records.TARGET_FLAGS}
-    flags.update(method=RETRAIN, b=args.b, retrain=json.dumps(hparams.as_record(retrain_hp), sort_keys=True),
-                 weights=os.path.basename(args.weight_path or ""))
-    return records.run_identity(setting, flags)
+def retrain_identity(exp, retrain_hp):
+    """(identity, target) of the K retrained models, each named by its model seed besides. The
+    target (records.record_target) is that of the runs compared with them; the identity adds
+    everything else that changes a retrain: the retain loader's batch, the retrain's
+    hyperparameters and the original model's file (the retrains are what the models unlearned
+    from that file are compared with, and a new original is a new experiment)."""
+    head = target_fields(exp)
+    target = records.record_target(head)
+    flags = dict(target, method=RETRAIN, b=exp.args.b, weights=os.path.basename(exp.args.weight_path or ""),
+                 retrain=json.dumps(hparams.as_record(retrain_hp), sort_keys=True))
+    return records.run_identity(exp.setting, flags), target
 
 
-def train_retrain(exp, retrain_hp, seed, store, identity):
+def train_retrain(exp, retrain_hp, seed, store, key):
     """Retrained model ``seed``, trained from a fresh initialisation and saved in ``store``;
     returns the seconds it took."""
     data = reseed(exp, seed)
@@ -155,15 +155,16 @@ def train_retrain(exp, retrain_hp, seed, store, identity):
     except FloatingPointError as e:  # Diverged included
         raise UserError(f"retrain seed {seed} diverged ({e}); change the retrain schedule") from None
     try:
-        store.save(model.state_dict(), identity, seed)
+        store.save(model.state_dict(), *key, seed)
     except OSError as e:
-        raise UserError(f"cannot save retrained model {store.path(identity, seed)}: {e.strerror or e}") from None
+        raise UserError(f"cannot save retrained model {store.path(*key, seed)}: {e.strerror or e}") from None
     return time.perf_counter() - t0
 
 
-def ensure_retrains(args, exp, retrain_hp, store, identity, argv):
-    """Train the missing retrained models; returns (seconds spent, how many were trained)."""
-    paths = [store.path(identity, k) for k in range(args.K)]
+def ensure_retrains(args, exp, retrain_hp, store, key, argv):
+    """Train the missing retrained models (``key``: retrain_identity's); returns (seconds spent,
+    how many were trained)."""
+    paths = [store.path(*key, k) for k in range(args.K)]
     missing = [k for k, p in enumerate(paths) if not os.path.isfile(p)]
     cached = args.K - len(missing)
     print(f"retrained models: {cached} of {args.K} cached in {args.fq_cache}"
@@ -173,7 +174,7 @@ def ensure_retrains(args, exp, retrain_hp, store, identity, argv):
     t0 = time.perf_counter()
     if args.slots is None and args.executor == "slots":
         for i, k in enumerate(missing, 1):
-            secs = train_retrain(exp, retrain_hp, k, store, identity)
+            secs = train_retrain(exp, retrain_hp, k, store, key)
             print(f"retrain {i}/{len(missing)}: seed {k}, {secs:.1f} s -> {paths[k]}", flush=True)
     else:
         spread(args, missing, paths, argv)
@@ -272,12 +273,13 @@ def main(argv=None):
     setting = task.setting
     retrain_hp = hparams_of(args, setting, task, RETRAIN)
     method_hp = {m: hparams_of(args, setting, task, m) for m in methods}
-    store, identity = RetrainStore(args.fq_cache), retrain_identity(args, setting, retrain_hp)
+    store = RetrainStore(args.fq_cache)
     if args.retrain_only is not None:
         exp = prepare(args, setting, *task.split(args))
-        path = store.path(identity, args.retrain_only)
+        key = retrain_identity(exp, retrain_hp)
+        path = store.path(*key, args.retrain_only)
         if not os.path.isfile(path):
-            secs = train_retrain(exp, retrain_hp, args.retrain_only, store, identity)
+            secs = train_retrain(exp, retrain_hp, args.retrain_only, store, key)
             print(f"retrain seed {args.retrain_only}: {secs:.1f} s -> {path}")
         return
     check_results_path(args.results)
@@ -286,21 +288,20 @@ def main(argv=None):
         launch.parse_slots(args.slots)
     exp = prepare(args, setting, *task.split(args))
     initial = copy.deepcopy(exp.model.state_dict())
-    retrain_time, trained = ensure_retrains(args, exp, retrain_hp, store, identity, argv)
+    key = retrain_identity(exp, retrain_hp)
+    retrain_time, trained = ensure_retrains(args, exp, retrain_hp, store, key, argv)
 
     t0 = time.perf_counter()
     ref_confs, ref_acc = [], []
     model = exp.build_fresh().to(exp.device)
     for k in range(args.K):
-        load_weights(model, store.path(identity, k), args.net, exp.num_classes)
+        load_weights(model, store.path(*key, k), args.net, exp.num_classes)
         c, *acc = outputs(model, exp)
         ref_confs.append(c.cpu())
         ref_acc.append(acc)
     ref_time = time.perf_counter() - t0
 
-    base = dict(kind="forgetting_quality", setting=setting, dataset=args.dataset, net=args.net, forget=exp.forget,
-                forget_id=exp.target_id, seed=args.seed, recipe=args.recipe, pipeline=hparams.as_record(exp.pipe),
-                K=args.K, n_forget=len(ref_confs[0]))
+    base = dict(kind="forgetting_quality", **target_fields(exp), forget_id=exp.target_id, K=args.K, n_forget=len(ref_confs[0]))
     for method in methods:
         hp = method_hp[method]
         if method == RETRAIN:

@@ -1,5 +1,5 @@
 """Run records: what identifies a run (RunIdentity) and which runs are compared with each other
-(its target), the code version, and record I/O: checking a results file before any work,
+(record_target), the code version, and record I/O: checking a results file before any work,
 appending one record (a strict-JSON line in -results, mirrored to Weights & Biases when asked)
 and reading them back. Imports no torch."""
 import datetime
@@ -26,12 +26,10 @@ from utils import check_writable
 NOT_IDENTITY = {"results", "wandb", "workers", "skip_existing", "gpu", "data_root", "retrain_dir",
                 "methods", "fq_cache", "slots", "retrain_only"}
 
-# The flags that decide which images a run forgets and retains, and what it is compared with:
-# runs that agree on all of them (and on the setting) form one target. They are compared with one
-# another and with a retrained model of the same target. The recipe is one of them: it sets the
-# split flags' defaults and every method's hyperparameters. The split flags, unset (None), take
-# the recipe's value.
-TARGET_FLAGS = ("dataset", "net", "forget_class", "forget_perc", "seed", "recipe", "split_draw", "pins_split")
+# The data pipeline's choices (datasets.DataHP) that are not part of a target: SSD and LF-SSD
+# alone read importance_order, so runs that differ in it forget, retain and are scored on the same
+# images and share a retrained model.
+NOT_TARGET_DATA = ("importance_order",)
 DEFAULT_RECIPE = RECIPES[0]
 
 _REPO = os.path.dirname(os.path.abspath(__file__))
@@ -57,19 +55,34 @@ class RunIdentity:
         value = dict(self.flags).get(name)
         return None if value == "None" else value
 
-    def target(self):
-        """(name, value) pairs of the run's target: the setting, data set, net, forget target
-        (class or fraction), seed, recipe (a record without one ran the default recipe) and
-        split flags. Runs of one target share their forget set."""
-        values = {n: self.flag(n) for n in TARGET_FLAGS if n not in ("forget_class", "forget_perc")}
-        values["recipe"] = values["recipe"] or DEFAULT_RECIPE
-        forget = self.flag("forget_class") or self.flag("forget_perc")
-        return (("setting", self.setting), ("forget", forget), *values.items())
-
     def digest(self, *extra):
         """Ten hex digits of SHA-1 over the identity (and ``extra``, e.g. a model seed)."""
         key = (self.setting, self.flags, *extra)
         return hashlib.sha1(repr(key).encode()).hexdigest()[:10]
+
+
+def recipe_of(record):
+    """The -recipe a record ran; one that names none ran the default recipe. Forgetting-quality
+    records hold it in their flags only."""
+    flags = record.get("args") if isinstance(record.get("args"), dict) else {}
+    return record.get("recipe") or flags.get("recipe") or DEFAULT_RECIPE
+
+
+def record_target(record):
+    """The target of the run that wrote ``record`` (a dict, or the fields a run is about to
+    record): which runs are compared with one another and with one retrained model. Runs of one
+    target forget, retain and are scored on the same images: the same setting, data set, net,
+    forget target (class or fraction), seed, recipe and resolved data pipeline (the record's
+    ``pipeline``, but for NOT_TARGET_DATA; None in a record written before it was recorded).
+    (name, text) pairs; the mains, forgetting_quality.py, report.py and sweep.py all key on it."""
+    pipe = record.get("pipeline")
+    if isinstance(pipe, dict):
+        pipe = tuple(sorted((k, _text(v)) for k, v in pipe.items() if k not in NOT_TARGET_DATA))
+    else:
+        pipe = None
+    return (("setting", record.get("setting")), ("dataset", record.get("dataset")), ("net", record.get("net")),
+            ("forget", _text(record.get("forget"))), ("seed", _text(record.get("seed"))),
+            ("recipe", recipe_of(record)), ("pipeline", pipe))
 
 
 def run_identity(setting, args):

@@ -45,7 +45,7 @@ from collections import OrderedDict
 import numpy as np
 
 from cli import Parser, UserError, run_cli
-from records import parse_lines, run_identity
+from records import parse_lines, recipe_of, record_target, run_identity
 from registry import RETRAIN_METHODS  # torch-free: reading records never loads a method
 from utils import check_writable
 
@@ -134,13 +134,6 @@ def fmt(values, spec):
     return spec.format(m) if len(values) == 1 else f"{spec.format(m)} ± {s:.{spec.split('.')[1][0]}f}"
 
 
-def recipe(r):
-    """The record's -recipe; a record that names none counts as the reference recipe's.
-    Forgetting-quality records hold it in their flags only."""
-    args = r.get("args") if isinstance(r.get("args"), dict) else {}
-    return r.get("recipe") or args.get("recipe") or "reference"
-
-
 def flags_of(r):
     """{flag: value as text} of every flag that can change ``r``'s result, as the run identity
     (records.run_identity, the one definition) holds them; None for a record without its flags."""
@@ -182,7 +175,7 @@ def method_label(r):
 
 def label(r):
     """method_label, and the recipe when it is not the default."""
-    return method_label(r) + ("" if recipe(r) == "reference" else f" [{recipe(r)}]")
+    return method_label(r) + ("" if recipe_of(r) == "reference" else f" [{recipe_of(r)}]")
 
 
 # Flags a column or the method's label already shows, and the ones a row of the main table
@@ -225,30 +218,22 @@ def variant_texts(keys):
     return texts
 
 
-def target_key(r):
-    """Runs compared with each other (and with their retrain): the same target, seed, recipe and
-    data pipeline (the split's resolved choices, as recorded)."""
-    pipe = r.get("pipeline")
-    pipe = tuple(sorted((k, str(v)) for k, v in pipe.items())) if isinstance(pipe, dict) else None
-    return (r["setting"], r["dataset"], r["net"], str(r.get("forget")), r.get("seed"), recipe(r), pipe)
-
-
 def retrain_index(records):
-    """target_key -> the retrain record it is compared with: retrain_full preferred to retrain,
+    """records.record_target -> the retrain record its runs are compared with: retrain_full preferred to retrain,
     the last one read of its kind, never a diverged one."""
     index = {}
     records = usable([r for r in records if isinstance(r, dict) and r.get("method") in RETRAIN_METHODS])
     for name in reversed(RETRAIN_METHODS):
         for r in records:
             if r["method"] == name and not r.get("diverged"):
-                index[target_key(r)] = r
+                index[record_target(r)] = r
     return index
 
 
 def row_key(r):
     """What a row of the main table holds fixed: everything that changes a result but the seed
     and the forget target, which it averages over."""
-    return (r["setting"], r["dataset"], r["net"], recipe(r), method_label(r), variant(r, SHOWN | AVERAGED))
+    return (r["setting"], r["dataset"], r["net"], recipe_of(r), method_label(r), variant(r, SHOWN | AVERAGED))
 
 
 def row_groups(records):
@@ -281,7 +266,7 @@ def summarise(records, with_means=False, grouped=None):
             row["diverged"] = sum(bool(r.get("diverged")) for r in rs)
         for name, key_, spec in COLUMNS + EXTRA:
             row[name] = fmt([float(r[key_]) for r in rs if r.get(key_) is not None], spec)
-        retrains = [(r, gold.get(target_key(r))) for r in rs]
+        retrains = [(r, gold.get(record_target(r))) for r in rs]
         for name, key_, spec in GAPS:
             row[name] = fmt([float(r[key_]) - float(g[key_]) for r, g in retrains
                              if g is not None and r.get(key_) is not None and g.get(key_) is not None], spec)
@@ -456,7 +441,7 @@ def fq_groups(records):
     record}}; a later record of the same method (a rerun) replaces an earlier one."""
     groups = OrderedDict()
     for r in records:
-        key = (r["setting"], r["dataset"], r["net"], str(r.get("forget")), r.get("K"), recipe(r), r.get("seed"),
+        key = (r["setting"], r["dataset"], r["net"], str(r.get("forget")), r.get("K"), recipe_of(r), r.get("seed"),
                variant(r, FQ_SHOWN))
         groups.setdefault(key, OrderedDict())[r["method"]] = r
     return groups

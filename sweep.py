@@ -22,13 +22,12 @@ import sys
 import forget_full_class_main
 import forget_random_main
 import forget_sub_class_main
-import hparams
 from cli import Parser, UserError, run_cli
-from experiment import execute, prepare
+from experiment import execute, prepare, target_fields
 from flags import base_parser, resolve_method
 from Lipschitz import GRAD_MODES, MODEL_MODES, REDUCTIONS
-from records import check_results_path, read_records, run_identity
-from report import retrain_index, target_key
+from records import check_results_path, read_records, record_target, run_identity
+from report import retrain_index
 from utils import check_writable
 
 TASKS = {m.TASK.setting: m.TASK for m in (forget_full_class_main, forget_sub_class_main, forget_random_main)}
@@ -71,13 +70,10 @@ def find_point(records, setting, args):
                  and point_identity(r.get("setting"), r["args"]) == want), None)
 
 
-def find_retrain(records, exp, args):
-    """The retrain record in ``records`` that this sweep's points are compared with (report.py's
-    choice: the same setting, data set, net, forget target, seed, recipe and data pipeline), or
-    None."""
-    key = target_key(dict(setting=exp.setting, dataset=args.dataset, net=args.net, forget=exp.forget, seed=args.seed,
-                          recipe=args.recipe, pipeline=hparams.as_record(exp.pipe)))
-    return retrain_index(records).get(key)
+def find_retrain(records, exp):
+    """The retrain record in ``records`` that this sweep's points are compared with: report.py's
+    choice, the retrain of their target (records.record_target), or None."""
+    return retrain_index(records).get(record_target(target_fields(exp)))
 
 
 # -setting picks the task whose flags the rest of the command line holds: read first on its
@@ -184,7 +180,7 @@ def main(argv=None):
         return execute(exp, a, resolve_method(a, task))
 
     baseline = point(method="baseline")
-    retrain = find_retrain(read_records(args.results), exp, args) or point(method="retrain_full")
+    retrain = find_retrain(read_records(args.results), exp) or point(method="retrain_full")
 
     # a switch left unset on the command line is the value JiT resolved for it (its default)
     given = tuple(getattr(args, s, None) if getattr(args, s, None) is not None else getattr(jit, s.split("_", 1)[1])

@@ -259,3 +259,19 @@ def double_samples(n, inputs=4, seed=1):
     g = torch.Generator().manual_seed(seed)
     return Triples(torch.randn(n, inputs, generator=g, dtype=torch.float64), torch.arange(n) % MLP_CLASSES)
 
+
+
+def run_target(setting, args):
+    """The target (records.record_target) of a run of ``setting`` with flags ``args`` (a
+    namespace or a dict): the record fields experiment.target_fields gives a run, on the data
+    pipeline its flags resolve to."""
+    import argparse
+
+    import experiment
+    import flags
+    import records
+
+    a = argparse.Namespace(**(dict(args) if isinstance(args, dict) else vars(args)))
+    forget = getattr(a, "forget_class", None) or getattr(a, "forget_perc", None)
+    exp = SimpleNamespace(args=a, setting=setting, forget=forget, pipe=flags.resolve_data(a, setting))
+    return records.record_target(experiment.target_fields(exp))

@@ -20,6 +20,7 @@ import launch
 import metrics
 import report
 from cli import UserError
+from flags import resolve_data
 from models import build_model, input_size
 from records import read_records
 
@@ -99,12 +100,20 @@ def test_a_k_that_scores_methods_but_not_the_floor(tmp_path, monkeypatch):
             call(base_argv("w.pth", k=k), tmp_path)
 
 
+def retrain_key(args, setting="fullclass"):
+    """forgetting_quality's (identity, target) of the K retrains of a run with ``args``, on the data
+    pipeline the flags resolve to (what prepare gives it)."""
+    hp = fq.hparams_of(args, setting, fq.TASKS["fullclass"], "retrain_full")
+    forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
+    exp = SimpleNamespace(args=args, setting=setting, forget=forget, pipe=resolve_data(args, setting))
+    return fq.retrain_identity(exp, hp)
+
+
 def test_cache_name_changes_with_everything_that_changes_a_retrain():
     def path(argv, k=0, setting="fullclass", **changes):
         _, args = fq.parse_args(argv)
         vars(args).update(changes)
-        hp = fq.hparams_of(args, setting, fq.TASKS["fullclass"], "retrain_full")
-        return fq.RetrainStore("cache").path(fq.retrain_identity(args, setting, hp), k)
+        return fq.RetrainStore("cache").path(*retrain_key(args, setting), k)
 
     argv = base_argv("a/w.pth")
     name = path(argv)
@@ -119,8 +128,11 @@ def test_cache_name_changes_with_everything_that_changes_a_retrain():
     assert name not in different and len(set(different)) == len(different)
     # the data root and the results file change nothing that is trained
     assert path(argv + ["-data_root", "/elsewhere", "-results", "x.jsonl"]) == name
-    # the name says the recipe and a split choice that was set
-    assert "-corrected-" in variants[7] and "-split_draw=own_generator-" in variants[8]
+    # the name says the recipe, and its data tag the data pipeline
+    def tag(p):
+        return os.path.basename(p).split("-")[5]
+
+    assert "-corrected-" in variants[7] and tag(variants[8]).startswith("data") and tag(variants[8]) != tag(name)
 
 
 def test_histogram_uses_the_competition_buckets():
@@ -297,8 +309,7 @@ def test_a_spread_out_retrain_trains_its_own_seed_into_the_file_the_scoring_read
     call(argv + ["-retrain_only", "4"], tmp_path)
     assert [(c["method"], c["seed"], c["torch_seed"]) for c in planted.calls] == [("retrain_full", 4, 4)]
     _, args = fq.parse_args(argv)
-    hp = fq.hparams_of(args, "fullclass", fq.TASKS["fullclass"], "retrain_full")
-    path = tmp_path / fq.RetrainStore(args.fq_cache).path(fq.retrain_identity(args, "fullclass", hp), 4)
+    path = tmp_path / fq.RetrainStore(args.fq_cache).path(*retrain_key(args), 4)
     model = build_model("SmallCNN", 10)
     model.load_state_dict(torch.load(path, weights_only=True))
     assert model.fc.bias[3].item() == 5.0  # planted value 1 + seed

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from helpers import hp_for, write_cifar
+from helpers import hp_for, run_target, write_cifar
 from torch.utils.data import DataLoader, TensorDataset
 
 import datasets
@@ -243,10 +243,10 @@ def _eval_batches(monkeypatch, setting, method_hp, forget_batch=128):
     loader = DataLoader([0], batch_size=forget_batch)
     data = UnlearnData(forget_train=loader, retain_train=loader, full_train=loader, num_classes=1, forget_class=None,
                        setting=setting, dataset="Digits", net="SmallCNN", build_fresh=lambda: None)
-    exp = SimpleNamespace(data=data,
+    args = SimpleNamespace(method="fake", relearn_max_steps=0, seed=0, b=64, amp=False, dataset="Digits", net="SmallCNN")
+    exp = SimpleNamespace(data=data, args=args, forget=None, pipe=datasets.DataHP(),
                           model=nn.Linear(1, 1), device=CPU, workers=0, subset={"forget_valid": None}, setting=setting,
                           train=None, test=None, split=None)
-    args = SimpleNamespace(method="fake", relearn_max_steps=0, seed=0, b=64, amp=False)
     with pytest.raises(_Stop):
         experiment.execute(exp, args, method_hp)
     return seen
@@ -1029,7 +1029,7 @@ def test_report_keeps_the_recipes_apart():
     cor = dict(ref, recipe="corrected")
     old = {k: v for k, v in ref.items() if k != "recipe"}  # written before -recipe existed
     assert report.label(ref) == "scrub" and report.label(cor) == "scrub [corrected]"
-    assert report.target_key(ref) != report.target_key(cor) and report.target_key(ref) == report.target_key(old)
+    assert report.record_target(ref) != report.record_target(cor) and report.record_target(ref) == report.record_target(old)
 
 
 def test_jit_starts_from_the_generator_reseeded_by_seed_not_the_references_consumed_state(tmp_path, monkeypatch):
@@ -1069,16 +1069,18 @@ def test_a_run_is_compared_only_with_a_retrain_of_its_own_recipe(tmp_path):
 
     store = RetrainStore(str(tmp_path))
 
-    def ident(recipe):
-        return records.run_identity("fullclass", dict(dataset="Digits", net="SmallCNN", seed=0, method="retrain_full",
-                                                      recipe=recipe, forget_class="3"))
+    def flags(recipe):
+        return dict(dataset="Digits", net="SmallCNN", seed=0, method="retrain_full", recipe=recipe, forget_class="3")
 
-    ref = store.path(ident("reference"))
+    def ident(recipe):
+        return records.run_identity("fullclass", flags(recipe)), run_target("fullclass", flags(recipe))
+
+    ref = store.path(*ident("reference"))
     open(ref, "wb").close()
-    assert store.find(ident("corrected"), []) is None
-    assert store.find(ident("reference"), []) == (ref, "retrain_full")
-    cor = store.path(ident("corrected"))
+    assert store.find(ident("corrected")[1], []) is None
+    assert store.find(ident("reference")[1], []) == (ref, "retrain_full")
+    cor = store.path(*ident("corrected"))
     open(cor, "wb").close()
     os.utime(ref, (2e9, 2e9))  # the reference file is the newer one
-    assert store.find(ident("corrected"), []) == (cor, "retrain_full")
+    assert store.find(ident("corrected")[1], []) == (cor, "retrain_full")
     assert "corrected" in os.path.basename(cor) and "corrected" not in os.path.basename(ref)

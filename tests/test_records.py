@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import describe, run_inprocess, run_scripts
+from helpers import describe, run_inprocess, run_scripts, run_target
 
 import evaluation
 import methods
@@ -174,7 +174,7 @@ def test_a_run_of_another_recipe_is_not_the_recorded_run(tmp_path):
     assert records.recorded(corrected, "fullclass") is None
     assert records.recorded(reference, "fullclass")["Df"] == 1.0
     assert records.run_identity("fullclass", reference) != records.run_identity("fullclass", corrected)
-    assert records.run_identity("fullclass", reference).target() != records.run_identity("fullclass", corrected).target()
+    assert run_target("fullclass", reference) != run_target("fullclass", corrected)
 
 
 def test_a_run_with_a_tuple_flag_is_its_own_record_read_back(tmp_path):
@@ -190,21 +190,35 @@ def test_a_run_with_a_tuple_flag_is_its_own_record_read_back(tmp_path):
 def test_the_target_holds_what_decides_the_forget_set_and_nothing_else(tmp_path):
     import records
 
-    def target(**kw):
-        return records.run_identity("fullclass", _run_args(tmp_path, **kw)).target()
+    def target(setting="fullclass", **kw):
+        return run_target(setting, _run_args(tmp_path, **kw))
 
-    assert target() == (("setting", "fullclass"), ("forget", "3"), ("dataset", "Digits"), ("net", "SmallCNN"),
-                        ("seed", "0"), ("recipe", "reference"), ("split_draw", None), ("pins_split", None))
-    # another method, another schedule, another output: the same target
+    assert target() == (("setting", "fullclass"), ("dataset", "Digits"), ("net", "SmallCNN"), ("forget", "3"),
+                        ("seed", "0"), ("recipe", "reference"),
+                        ("pipeline", (("loader_batch", "None"), ("pins_split", "none"), ("retain_test_order", "grouped"),
+                                      ("split_draw", "after_two_models"))))
+    # another method, schedule or output; SSD's own batch order; a split flag set to the value the
+    # recipe gives it anyway: the same images, the same target
     assert target(method="retrain_full", retrain_milestones=(1, 2), results="x.jsonl") == target()
+    assert target(importance_order="grouped") == target()
+    assert target(split_draw="after_two_models") == target()
+    assert target(recipe="corrected") == target(recipe="corrected", split_draw="own_generator")
     changed = [target(forget_class="4"), target(dataset="Digits5"), target(net="ViT"), target(seed=1),
                target(recipe="corrected"), target(split_draw="own_generator"), target(pins_split="per_person"),
-               records.run_identity("random", _run_args(tmp_path)).target()]
+               target(loader_batch=64), target(retain_test_order="dataset"), target("subclass"),
+               target("random", forget_class=None, forget_perc=0.05)]
     assert len(set(changed)) == len(changed) and target() not in changed
-    # a random run's target is its forget fraction; a record without a recipe ran the default one
-    perc = records.run_identity("random", {"forget_perc": 0.05, "seed": 2, "dataset": "Digits", "net": "SmallCNN"})
-    assert dict(perc.target())["forget"] == "0.05" and dict(perc.target())["recipe"] == "reference"
-    old = {"setting": "random", "args": {"forget_perc": 0.05, "seed": 2, "dataset": "Digits", "net": "SmallCNN"}}
+    # a record's target is its run's; one without a recipe ran the default one, one without a
+    # pipeline (written before it was recorded) has none
+    run = dict(vars(_run_args(tmp_path)), setting="fullclass", forget="3")
+    record = dict(run, pipeline=dict(dict(target())["pipeline"], importance_order="shuffled"))
+    assert records.record_target(record) == target()
+    old = {"setting": "random", "dataset": "Digits", "net": "SmallCNN", "forget": 0.05, "seed": 2,
+           "args": {"forget_perc": 0.05, "seed": 2, "dataset": "Digits", "net": "SmallCNN"}}
+    assert dict(records.record_target(old)) == dict(setting="random", dataset="Digits", net="SmallCNN", forget="0.05",
+                                                     seed="2", recipe="reference", pipeline=None)
+    assert records.recipe_of(dict(old, args=dict(old["args"], recipe="corrected"))) == "corrected"
+    perc = records.run_identity("random", old["args"])
     assert records.record_identity(old) == perc and records.record_identity(["not", "a", "record"]) is None
 
 

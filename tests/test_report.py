@@ -59,6 +59,18 @@ def test_the_gaps_use_the_last_healthy_retrain_full_of_the_same_target_seed_reci
     assert (row["ΔDr"], row["ΔDf"], row["ΔMIA"]) == ("-10.00", "+8.00", "+0.100")
 
 
+def test_an_ssd_run_with_its_own_batch_order_is_measured_against_the_retrain_of_its_images():
+    """importance_order is SSD's own choice, not the data's: a run that changes it forgets the same
+    images and is compared with the same retrain; a retain_test_order or loader batch of its own
+    scores or trains otherwise and is not."""
+    retrain = rec("retrain_full", 90.0, 2.0, mia=0.20)
+    ssd = rec("ssd_tuning", 85.0, 4.0, mia=0.30, pipeline=dict(PIPE, importance_order="grouped"))
+    assert row_of(report.summarise([ssd, retrain]), "ssd_tuning")["ΔDf"] == "+2.00"
+    for other in (dict(retain_test_order="dataset"), dict(loader_batch=128)):
+        run = rec("ssd_tuning", 85.0, 4.0, pipeline=dict(PIPE, **other))
+        assert row_of(report.summarise([run, retrain]), "ssd_tuning")["ΔDf"] == ""
+
+
 def test_the_gaps_average_each_run_against_its_own_retrain():
     runs = [rec("finetune", 80.0, 10.0, seed=0), rec("finetune", 70.0, 20.0, seed=1),
             rec("finetune", 60.0, 30.0, seed=2)]  # seed 2 has no retrain: left out of the Δ columns

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
-from helpers import Triples, literal_js, run_inprocess
+from helpers import Triples, literal_js, run_inprocess, run_target
 
 import experiment
 import models
@@ -47,50 +47,66 @@ RUN = dict(dataset="Digits", net="SmallCNN", forget_class="3", seed=0, recipe="r
 
 
 def ident(setting="fullclass", **kw):
-    return records.run_identity(setting, {**RUN, **kw})
+    """(identity, target) of a run of ``setting`` with RUN's flags changed by ``kw``."""
+    return records.run_identity(setting, {**RUN, **kw}), run_target(setting, {**RUN, **kw})
+
+
+def target(setting="fullclass", **kw):
+    return ident(setting, **kw)[1]
+
+
+def data_tag(t):
+    """The six hex digits naming the data pipeline of target ``t``."""
+    return "data" + hashlib.sha1(repr(dict(t)["pipeline"]).encode()).hexdigest()[:6]
 
 
 def test_names_hold_the_target_method_and_digest(tmp_path):
     store = RetrainStore(str(tmp_path))
-    retrain = ident(method="retrain_full")
-    assert store.path(retrain) == str(tmp_path / f"fullclass-Digits-SmallCNN-3-seed0-retrain_full-{retrain.digest()}.pth")
-    odd = ident(method="retrain", recipe="corrected", split_draw="own_generator", pins_split="per_person", seed=4)
-    assert os.path.basename(store.path(odd)) == (
-        f"fullclass-Digits-SmallCNN-3-seed4-corrected-split_draw=own_generator-pins_split=per_person-retrain-"
-        f"{odd.digest()}.pth")
+    retrain, t = ident(method="retrain_full")
+    default = ("(('loader_batch', 'None'), ('pins_split', 'none'), ('retain_test_order', 'grouped'), "
+               "('split_draw', 'after_two_models'))")
+    tag = "data" + hashlib.sha1(default.encode()).hexdigest()[:6]
+    assert store.path(retrain, t) == str(tmp_path / f"fullclass-Digits-SmallCNN-3-seed0-{tag}-retrain_full-"
+                                                    f"{retrain.digest()}.pth")
+    odd, odd_t = ident(method="retrain", recipe="corrected", split_draw="after_two_models", seed=4)
+    assert os.path.basename(store.path(odd, odd_t)) == (
+        f"fullclass-Digits-SmallCNN-3-seed4-corrected-{data_tag(odd_t)}-retrain-{odd.digest()}.pth")
+    assert data_tag(odd_t) not in (tag, data_tag(target(recipe="corrected")))
     # K retrains of one run: named by their model seed, each its own digest
-    k3 = os.path.basename(store.path(retrain, 3))
-    assert k3 == f"fullclass-Digits-SmallCNN-3-seed0-retrain_full-model3-{retrain.digest(3)}.pth"
+    k3 = os.path.basename(store.path(retrain, t, 3))
+    assert k3 == f"fullclass-Digits-SmallCNN-3-seed0-{tag}-retrain_full-model3-{retrain.digest(3)}.pth"
     assert len({retrain.digest(), retrain.digest(0), retrain.digest(3)}) == 3
 
 
 @pytest.mark.parametrize("change", [dict(split_draw="own_generator"), dict(pins_split="per_person"),
+                                    dict(loader_batch=64), dict(retain_test_order="dataset"),
                                     dict(recipe="corrected"), dict(seed=1), dict(forget_class="4"),
                                     dict(net="AllCNN"), dict(dataset="Digits5")])
 def test_a_run_finds_only_a_retrain_of_its_own_target(tmp_path, change):
     """A run with another split choice (or recipe, seed, target, net, data) shares no forget set
     with the retrain on disk: it must not be compared with it, even though it is the only one."""
     store = RetrainStore(str(tmp_path))
-    theirs = store.save({}, ident(method="retrain_full"))
-    assert store.find(ident(), []) == (theirs, "retrain_full")
-    assert store.find(ident(**change), []) is None
-    ours = store.save({}, ident(method="retrain_full", **change))
+    theirs = store.save({}, *ident(method="retrain_full"))
+    assert store.find(target(), []) == (theirs, "retrain_full")
+    assert store.find(target(**change), []) is None
+    ours = store.save({}, *ident(method="retrain_full", **change))
     os.utime(theirs, (2e9, 2e9))  # the other target's file is the newer one
-    assert store.find(ident(**change), []) == (ours, "retrain_full")
-    assert store.find(ident(), []) == (theirs, "retrain_full")
+    assert store.find(target(**change), []) == (ours, "retrain_full")
+    assert store.find(target(), []) == (theirs, "retrain_full")
 
 
 def test_a_run_of_other_flags_finds_the_retrain_of_its_target(tmp_path):
-    # which unlearning method ran, and its flags, do not change the forget set
+    # which unlearning method ran, and its flags (SSD's batch order too), do not change the forget set
     store = RetrainStore(str(tmp_path))
-    path = store.save({}, ident(method="retrain", epochs=3))
-    assert store.find(ident(method="lipschitz_forgetting", sigma=0.5), []) == (path, "retrain")
+    path = store.save({}, *ident(method="retrain", epochs=3))
+    assert store.find(target(method="lipschitz_forgetting", sigma=0.5), []) == (path, "retrain")
+    assert store.find(target(method="ssd", importance_order="grouped"), []) == (path, "retrain")
 
 
 def test_save_never_replaces_a_model(tmp_path):
     store = RetrainStore(str(tmp_path))
-    path = store.save({"w": torch.ones(1)}, ident(method="retrain_full"))
-    assert store.save({"w": torch.zeros(1)}, ident(method="retrain_full")) == path
+    path = store.save({"w": torch.ones(1)}, *ident(method="retrain_full"))
+    assert store.save({"w": torch.zeros(1)}, *ident(method="retrain_full")) == path
     assert torch.load(path, weights_only=True)["w"].item() == 1.0
 
 
@@ -121,29 +137,36 @@ def retrain_args(tmp_path, **kw):
 
 
 def identity(args, setting="fullclass", forget="3"):
-    return records.run_identity(setting, dict(vars(args), forget_class=forget))
+    """(identity, target) of a run with flags ``args`` and forget target ``forget``."""
+    flags = dict(vars(args), forget_class=forget)
+    return records.run_identity(setting, flags), run_target(setting, flags)
 
 
 def find_retrained(args, setting="fullclass", forget="3"):
-    return RetrainStore(args.retrain_dir).find(identity(args, setting, forget), read_records(args.results))
+    return RetrainStore(args.retrain_dir).find(identity(args, setting, forget)[1], read_records(args.results))
+
+
+def stem(net="Lin", method="retrain_full"):
+    """The file name's start of the default target's retrains (the Digits test runs')."""
+    return f"fullclass-Digits-{net}-3-seed0-{data_tag(target(net=net))}-{method}"
 
 
 def test_retrain_checkpoint_name():
     # setting-dataset-net-forget-seedN-method, then the first ten hex digits of the SHA-1 of the
     # run's identity (the setting and every flag that changes the result).
     args = retrain_args(Path("/ck"), seed=7, method="retrain")
-    ident = identity(args, "subclass", "rocket")
+    ident, t = identity(args, "subclass", "rocket")
     digest = hashlib.sha1(repr((ident.setting, ident.flags)).encode()).hexdigest()[:10]
-    got = RetrainStore(args.retrain_dir).path(ident)
-    assert got == os.path.join("/ck", f"subclass-Digits-Lin-rocket-seed7-retrain-{digest}.pth")
+    got = RetrainStore(args.retrain_dir).path(ident, t)
+    assert got == os.path.join("/ck", f"subclass-Digits-Lin-rocket-seed7-{data_tag(t)}-retrain-{digest}.pth")
     assert len(digest) == 10 and digest != hashlib.sha1(
         repr((None, ident.flags)).encode()).hexdigest()[:10]
 
 
 def test_find_retrained_takes_the_newest_file_by_time_not_by_name(tmp_path):
     args = retrain_args(tmp_path, method="baseline")
-    newer = tmp_path / "fullclass-Digits-Lin-3-seed0-retrain_full-aaaaaaaaaa.pth"
-    older = tmp_path / "fullclass-Digits-Lin-3-seed0-retrain_full-zzzzzzzzzz.pth"
+    newer = tmp_path / f"{stem()}-aaaaaaaaaa.pth"
+    older = tmp_path / f"{stem()}-zzzzzzzzzz.pth"
     for when, p in ((1, newer), (0, older)):
         torch.save({}, p)
         os.utime(p, (1e9 + when, 1e9 + when))
@@ -154,8 +177,8 @@ def test_find_retrained_reads_only_the_records_of_retrain_runs(tmp_path):
     # A baseline record names the checkpoint it was compared with; only a retrain run's record
     # says which checkpoint is that run's. Lines that are JSON but not objects are skipped.
     args = retrain_args(tmp_path, method="baseline")
-    a = tmp_path / "fullclass-Digits-Lin-3-seed0-retrain_full-aaaaaaaaaa.pth"
-    z = tmp_path / "fullclass-Digits-Lin-3-seed0-retrain_full-zzzzzzzzzz.pth"
+    a = tmp_path / f"{stem()}-aaaaaaaaaa.pth"
+    z = tmp_path / f"{stem()}-zzzzzzzzzz.pth"
     for p in (a, z):
         torch.save({}, p)
     lines = [{"method": "retrain_full", "RetrainCheckpoint": str(z)},
@@ -175,10 +198,10 @@ def lin_exp(x):
 def test_a_retrain_run_returns_the_checkpoint_it_saved(tmp_path):
     args = retrain_args(tmp_path)
     model = nn.Linear(4, 3)
-    got = experiment.save_retrained(model, identity(args), RetrainStore(args.retrain_dir))
-    path = RetrainStore(args.retrain_dir).path(identity(args))
+    got = experiment.save_retrained(model, *identity(args), RetrainStore(args.retrain_dir))
+    path = RetrainStore(args.retrain_dir).path(*identity(args))
     assert got == {"RetrainCheckpoint": path}
-    assert os.path.basename(path).startswith("fullclass-Digits-Lin-3-seed0-retrain_full-")
+    assert os.path.basename(path).startswith(stem() + "-")
     saved = torch.load(path, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
@@ -191,8 +214,8 @@ def test_a_retrain_run_that_cannot_save_its_model_warns_and_returns_no_checkpoin
 
     monkeypatch.setattr(retrained, "atomic_save", full)
     args = retrain_args(tmp_path)
-    got = experiment.save_retrained(nn.Linear(4, 3), identity(args), RetrainStore(args.retrain_dir))
-    path = RetrainStore(args.retrain_dir).path(identity(args))
+    got = experiment.save_retrained(nn.Linear(4, 3), *identity(args), RetrainStore(args.retrain_dir))
+    path = RetrainStore(args.retrain_dir).path(*identity(args))
     assert got == {"RetrainCheckpoint": None}
     out, err = capsys.readouterr()
     assert out == ""
@@ -204,7 +227,7 @@ def test_compare_to_retrained_against_the_hand_computed_divergences(tmp_path):
     g = torch.Generator().manual_seed(3)
     x, forget_lg = torch.randn(5, 4, generator=g), 2 * torch.randn(5, 3, generator=g)
     gold = nn.Linear(4, 3)
-    path = tmp_path / "fullclass-Digits-Lin-3-seed0-retrain-0123456789.pth"
+    path = tmp_path / f"{stem(method='retrain')}-0123456789.pth"
     torch.save(gold.state_dict(), path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -220,7 +243,7 @@ def test_compare_to_retrained_against_the_hand_computed_divergences(tmp_path):
 
 
 def test_a_retrained_checkpoint_that_does_not_fit_names_the_net_and_classes(tmp_path):
-    torch.save(nn.Linear(5, 3).state_dict(), tmp_path / "fullclass-Digits-Lin-3-seed0-retrain_full-0123456789.pth")
+    torch.save(nn.Linear(5, 3).state_dict(), tmp_path / f"{stem()}-0123456789.pth")
     with pytest.raises(UserError, match="does not fit -net Lin with 3 classes: "):
         experiment.compare_with_retrained(torch.zeros(2, 3), lin_exp(torch.zeros(2, 4)),
                                           find_retrained(retrain_args(tmp_path, method="baseline")))
@@ -235,14 +258,13 @@ def _args(tmp_path, **kw):
 def test_a_retrain_with_other_flags_gets_its_own_file_and_never_replaces_one(tmp_path):
     a, b = _args(tmp_path), _args(tmp_path, epochs=1)
     store = RetrainStore(str(tmp_path))
-    pa = store.path(records.run_identity("fullclass", a))
-    pb = store.path(records.run_identity("fullclass", b))
+    pa = store.path(*identity(a))
+    pb = store.path(*identity(b))
     assert pa != pb
-    assert pa == store.path(records.run_identity("fullclass", _args(tmp_path, results="other.jsonl", workers=2))
-                            )  # flags that change nothing keep the name
+    assert pa == store.path(*identity(_args(tmp_path, results="other.jsonl", workers=2)))  # flags that change nothing
     first = models.SmallCNN(10)
-    experiment.save_retrained(first, records.run_identity("fullclass", a), store)
-    experiment.save_retrained(models.SmallCNN(10), records.run_identity("fullclass", a), store)  # same flags again
+    experiment.save_retrained(first, *identity(a), store)
+    experiment.save_retrained(models.SmallCNN(10), *identity(a), store)  # same flags again
     saved = torch.load(pa, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in first.state_dict().items())
 
@@ -252,11 +274,10 @@ def test_runs_compare_with_the_retrained_model_the_newest_record_names(tmp_path)
     store = RetrainStore(str(tmp_path))
 
     def find(forget="3"):
-        return store.find(records.run_identity("fullclass", vars(args) | {"forget_class": forget}),
-                          read_records(args.results))
+        return store.find(identity(args, forget=forget)[1], read_records(args.results))
 
-    older = tmp_path / "fullclass-Digits-SmallCNN-3-seed0-retrain_full-aaaaaaaaaa.pth"
-    newer = tmp_path / "fullclass-Digits-SmallCNN-3-seed0-retrain_full-bbbbbbbbbb.pth"
+    older = tmp_path / f"{stem('SmallCNN')}-aaaaaaaaaa.pth"
+    newer = tmp_path / f"{stem('SmallCNN')}-bbbbbbbbbb.pth"
     for when, p in enumerate((older, newer)):
         torch.save(models.SmallCNN(10).state_dict(), p)
         os.utime(p, (1e9 + when, 1e9 + when))

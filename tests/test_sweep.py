@@ -113,9 +113,8 @@ def retrain(df, method="retrain_full", recipe="reference", pipe=REFERENCE_PIPE, 
 
 
 def find(records, recipe="reference", pipe=REFERENCE_PIPE, seed=0):
-    exp = SimpleNamespace(setting="fullclass", forget="3", pipe=pipe)
     args = SimpleNamespace(dataset="Digits", net="SmallCNN", seed=seed, recipe=recipe)
-    return sweep.find_retrain(records, exp, args)
+    return sweep.find_retrain(records, SimpleNamespace(args=args, setting="fullclass", forget="3", pipe=pipe))
 
 
 def test_a_corrected_sweep_never_takes_the_reference_retrain():
