@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from helpers import literal_js
+from helpers import literal_js, run_target
 
 import datasets
 import metrics
 import models
+import records
 from images import MEAN, STD, ArrayImages, ImageTransform
+from retrained import RetrainStore
 
 REPO = Path(__file__).resolve().parent.parent
 N_TRAIN, N_TEST, N_FINE = 307, 131, 10  # not multiples of the batch, so the last batch is partial
@@ -109,10 +111,10 @@ def planted(tmp_path, monkeypatch):
         # a saved "retrained" model for JSToRetrain / ActDistToRetrain, named as retrain runs name theirs
         setting = {"forget_full_class_main.py": "fullclass", "forget_sub_class_main.py": "subclass",
                    "forget_random_main.py": "random"}[main]
-        forget = target_args[1] if target_args[0] == "-forget_class" else float(target_args[1])
-        gold_path = tmp_path / "retrained" / f"{setting}-{dataset}-Planted-{forget}-seed3-retrain_full-0123456789.pth"
-        gold_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(gold.state_dict(), gold_path)
+        flags = {"dataset": dataset, "net": "Planted", "seed": 3, "method": "retrain_full",
+                 target_args[0][1:]: target_args[1] if target_args[0] == "-forget_class" else float(target_args[1])}
+        RetrainStore(str(tmp_path / "retrained")).save(gold.state_dict(), records.run_identity(setting, flags),
+                                                       run_target(setting, flags))
 
         monkeypatch.setattr(sys, "argv", argv)
         with pytest.raises(SystemExit) as ex:
