@@ -41,8 +41,9 @@ total=$(( $(IFS=+; echo "${BUDGET[*]}") + GRACE * ${#BUDGET[@]} ))
 
 if [ "$gpu" = cpu ]; then
     # the same steps on the CPU at toy sizes: checks the script, measures nothing
-    # (the small CNN instead of VGG16, VGG16 alone in the benchmark; budgets x10 for a slow CPU)
-    scale=${BUDGET_SCALE:-10} dev=() bench=(--device cpu --sizes smoke --models VGG16) slots=cpu,cpu
+    # (the small CNN instead of VGG16; the benchmark at its smoke sizes, both models in fp32 and
+    # VGG16 alone in bf16; budgets x10 for a slow CPU)
+    scale=${BUDGET_SCALE:-10} dev=() bench=(--device cpu --sizes smoke) slots=cpu,cpu
     per_class=(2 1) net=SmallCNN vit=(SmallCNN 2 1) only="baseline retrain_full lipschitz_forgetting"
 else
     export CUDA_VISIBLE_DEVICES=$gpu
@@ -124,9 +125,10 @@ fi
 # 1. the benchmark (its JSON lines go to OUT as each figure ends)
 for prec in fp32 bf16; do
     t0=$SECONDS
-    amp=()
+    amp=() models=()
     [ "$prec" = bf16 ] && amp=(--amp)
-    timeout -k "$GRACE" "$(( BUDGET[bench-$prec] * scale ))" "$py" bench.py "${bench[@]}" "${amp[@]}" \
+    [ "$gpu" = cpu ] && [ "$prec" = bf16 ] && models=(--models VGG16)
+    timeout -k "$GRACE" "$(( BUDGET[bench-$prec] * scale ))" "$py" bench.py "${bench[@]}" "${amp[@]}" "${models[@]}" \
         < /dev/null >> "$out/bench.jsonl" 2> "$tmp/bench-$prec.log" &
     child=$!
     finish "bench-$prec" "$t0"

@@ -73,7 +73,6 @@ def cifar(tmp_path_factory):
 # are the slow tier: they are recognised by the fixtures they use (declared here once) or carry
 # @pytest.mark.slow themselves. `python -m pytest -q -m "not slow"` runs the fast tier.
 SLOW_FIXTURES = {"checkpoints", "smallcnn_ckpt", "smallcnn5_ckpt", "torchrun_ckpt", "e2e_runs", "script_runner"}
-SLOW_MODULES = {"test_bench"}
 
 
 # Tests marked gpu run on CUDA (the device path the CPU cannot show) and are skipped where
@@ -84,7 +83,7 @@ NO_CUDA = pytest.mark.skip(reason="needs a CUDA GPU")
 def pytest_collection_modifyitems(config, items):
     cuda = torch.cuda.is_available()
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in SLOW_MODULES:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
         if not cuda and item.get_closest_marker("gpu"):
             item.add_marker(NO_CUDA)

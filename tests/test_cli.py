@@ -163,8 +163,7 @@ def other_runs(smallcnn_ckpt, smallcnn5_ckpt, tmp_path_factory):
                    "-method", "lipschitz_forgetting", "-forget_perc", "0.05",
                    "-weight_path", smallcnn_ckpt, "-results", d / "random.jsonl"],
     }
-    procs = run_scripts(list(plan.values()))
-    return {name: (proc, cmd[cmd.index("-results") + 1]) for (name, cmd), proc in zip(plan.items(), procs)}
+    return {name: (run_inprocess(cmd), cmd[cmd.index("-results") + 1]) for name, cmd in plan.items()}
 
 
 def test_sub_class_run_records_subclass_setting(other_runs):

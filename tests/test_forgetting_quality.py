@@ -333,7 +333,7 @@ def random_weights(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_scores_every_method_reuses_and_resumes_its_retrains(tmp_path, random_weights, monkeypatch, one_thread):
+def test_scores_every_method_reuses_and_resumes_its_retrains(tmp_path, random_weights, monkeypatch):
     methods = ["baseline", "lipschitz_forgetting", "retrain_full"]
     argv = base_argv(random_weights) + ["-methods", ",".join(methods)]
     out, _ = call(argv + ["-results", "first.jsonl"], tmp_path)

@@ -1,5 +1,6 @@
 """gpu_check.sh: its dry run on the CPU (every part ends well; OUT holds only the few small files
-a lease brings back; the temporary folder is gone), its budgets and its refusal of a used OUT."""
+a lease brings back; the temporary folder is gone; bench.py at its smoke sizes prints every
+figure for both models, timings never asserted), its budgets and its refusal of a used OUT."""
 import json
 import os
 import re
@@ -56,6 +57,11 @@ def test_the_dry_run_ends_every_part_well_and_leaves_only_the_small_files(tmp_pa
     assert not list(tmpdir.iterdir()), "the temporary folder (checkpoints, data) is left behind"
     bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert {(r["figure"], r["amp"]) for r in bench} >= {("jit", False), ("eval", False), ("jit", True), ("eval", True)}
+    figures = {(r["model"], r["figure"]) for r in bench if not r["amp"]}
+    for net in ("VGG16", "ViT"):
+        for fig in ("forward_limit", "jit", "eval", "e2e", "mia_bs1"):
+            assert (net, fig) in figures
+    assert all(r["seconds"] > 0 and r["peak_host_gib"] > 0 for r in bench)
     grid = [json.loads(line) for line in (out / "grid.jsonl").read_text().splitlines()]
     assert sorted(r["method"] for r in grid) == ["baseline", "lipschitz_forgetting", "retrain_full"]
     assert not any(r["diverged"] for r in grid)

@@ -72,7 +72,7 @@ def digits_experiment(smallcnn_ckpt, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_registered_method_runs_end_to_end_and_records_finite_metrics(method, digits_experiment, one_thread):
+def test_every_registered_method_runs_end_to_end_and_records_finite_metrics(method, digits_experiment):
     task, base_args, exp, weights = digits_experiment
     exp.model.load_state_dict(weights)
     args = copy.copy(base_args)
