@@ -219,8 +219,8 @@ def variant_texts(keys):
 
 
 def retrain_index(records):
-    """records.record_target -> the retrain record its runs are compared with: retrain_full preferred to retrain,
-    the last one read of its kind, never a diverged one."""
+    """records.record_target -> the retrain record its runs are compared with: retrain_full
+    preferred to retrain, the last one read of its kind, never a diverged one."""
     index = {}
     records = usable([r for r in records if isinstance(r, dict) and r.get("method") in RETRAIN_METHODS])
     for name in reversed(RETRAIN_METHODS):
