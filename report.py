@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 import sys
 from collections import OrderedDict
 
@@ -546,19 +545,11 @@ def write_fq(records, out):
 
 
 def check_output(path, inputs):
-    """check_writable for -out's files, and an existing one must be a regular file that is not
-    one of the inputs: a FIFO would block the report forever, a device (/dev/null) would swallow
-    it, an input would be overwritten."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        st = None  # absent, or a broken link: check_writable says which
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
-            raise UserError(f"-out {path} is {kind}, not a regular file: give another -out")
-        if any(os.path.exists(f) and os.path.samefile(f, path) for f in inputs):
-            raise UserError(f"-out {path} is one of the results files read: give another -out")
+    """check_writable for -out's files (which refuses a FIFO, which would block the report
+    forever, and a device such as /dev/null, which would swallow it), and an existing one must
+    not be one of the inputs, which would be overwritten."""
+    if os.path.exists(path) and any(os.path.exists(f) and os.path.samefile(f, path) for f in inputs):
+        raise UserError(f"-out {path} is one of the results files read: give another -out")
     check_writable(path, "-out")
 
 

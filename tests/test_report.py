@@ -194,7 +194,7 @@ def test_a_fifo_as_output_is_refused_before_any_work(tmp_path):
     # a reader holds the FIFO open, so that a report that wrote to it would not hang the test
     reader = os.open(tmp_path / "rep.md", os.O_RDONLY | os.O_NONBLOCK)
     try:
-        with pytest.raises(UserError, match=r"^-out .*rep\.md is a FIFO, not a regular file"):
+        with pytest.raises(UserError, match=r"^-out .*rep\.md is a named pipe \(FIFO\), not a regular file"):
             report.main([str(path), "-out", str(tmp_path / "rep")])
         assert os.read(reader, 100) == b"" and not (tmp_path / "rep.csv").exists()
     finally:
@@ -204,7 +204,7 @@ def test_a_fifo_as_output_is_refused_before_any_work(tmp_path):
 def test_a_device_as_output_is_refused(tmp_path):
     path = _results(tmp_path)
     os.symlink("/dev/null", tmp_path / "rep.png")
-    with pytest.raises(UserError, match=r"rep\.png is a device, not a regular file"):
+    with pytest.raises(UserError, match=r"^-out .*rep\.png is a character device, not a regular file"):
         report.main([str(path), "-out", str(tmp_path / "rep")])
     assert not (tmp_path / "rep.md").exists()
 
