@@ -67,12 +67,17 @@ class Experiment:
     pipe: Any = None
 
 
+def forget_target(args):
+    """The run's forget target as given: -forget_class (a class name or id) or -forget_perc."""
+    return getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
+
+
 def prepare(args, setting, num_classes, target_id, split_fn):
     """Load data and model and build the split. ``split_fn(train, test, pipe, generator)``
     returns the split dict of datasets.split_*, given the data pipeline's choices ``pipe``
     (datasets.DataHP) and ``generator()``, the torch generator a random split draws from;
     ``target_id`` is the forget label id (None: random)."""
-    forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
+    forget = forget_target(args)
     device = resolve_device(args.gpu)
     if args.weight_path and not os.path.isfile(args.weight_path):
         raise UserError(f"weight file not found: {args.weight_path}")
@@ -256,7 +261,7 @@ def execute(exp, args, hp):
 def run(args, setting, num_classes, target_id, split_fn, hp):
     """One forget experiment, as the three mains run it: load, split, method, evaluate, record."""
     if args.skip_existing and records.recorded(args, setting) is not None:
-        forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
+        forget = forget_target(args)
         print(f"skip: {args.results} already holds {args.method} on {args.dataset} ({forget}), seed {args.seed}")
         return None
     return execute(prepare(args, setting, num_classes, target_id, split_fn), args, hp)

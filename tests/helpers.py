@@ -272,6 +272,6 @@ def run_target(setting, args):
     import records
 
     a = argparse.Namespace(**(dict(args) if isinstance(args, dict) else vars(args)))
-    forget = getattr(a, "forget_class", None) or getattr(a, "forget_perc", None)
-    exp = SimpleNamespace(args=a, setting=setting, forget=forget, pipe=flags.resolve_data(a, setting))
+    exp = SimpleNamespace(args=a, setting=setting, forget=experiment.forget_target(a),
+                          pipe=flags.resolve_data(a, setting))
     return records.record_target(experiment.target_fields(exp))

@@ -20,6 +20,7 @@ import launch
 import metrics
 import report
 from cli import UserError
+from experiment import forget_target
 from flags import resolve_data
 from models import build_model, input_size
 from records import read_records
@@ -104,8 +105,7 @@ def retrain_key(args, setting="fullclass"):
     """forgetting_quality's (identity, target) of the K retrains of a run with ``args``, on the data
     pipeline the flags resolve to (what prepare gives it)."""
     hp = fq.hparams_of(args, setting, fq.TASKS["fullclass"], "retrain_full")
-    forget = getattr(args, "forget_class", None) or getattr(args, "forget_perc", None)
-    exp = SimpleNamespace(args=args, setting=setting, forget=forget, pipe=resolve_data(args, setting))
+    exp = SimpleNamespace(args=args, setting=setting, forget=forget_target(args), pipe=resolve_data(args, setting))
     return fq.retrain_identity(exp, hp)
 
 
